@@ -100,6 +100,11 @@ class ScanDAQ(Device):
     def ai_volts_per_count(self) -> float:
         """Conversion of raw AI codes to volts."""
 
+    # -- static outputs (focus piezo, shutters) --------------------------------------------
+    @abstractmethod
+    def write_static_ao(self, channel: str, volts: float, range_v: float = 10.0) -> None:
+        """Drive one AO channel (not a scan or pulse channel) to a constant voltage now."""
+
     # -- stimulation pulses ----------------------------------------------------------------
     @abstractmethod
     def configure_pulses(self, config: PulseTaskConfig) -> None:

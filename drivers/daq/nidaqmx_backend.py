@@ -433,6 +433,16 @@ class NIDAQ(ScanDAQ):
         self._write_on_demand([self._physical(ch) for ch in config.ao_channels],
                               config.ao_range_v, volts_v, "parking the galvos")
 
+    def write_static_ao(self, channel: str, volts: float, range_v: float = 10.0) -> None:
+        """One on-demand write of a constant voltage (focus piezo, shutter); the output
+        holds it after the short task is cleared. Checked against range_v before writing."""
+        self.require_open()
+        value = np.array([float(volts)])
+        self._check_volts(value.reshape(1, 1), (channel,), range_v, np.empty(1), np.empty(1),
+                          "static")
+        self._write_on_demand([self._physical(channel)], range_v, value,
+                              f"writing {volts:g} V to {channel}")
+
     @property
     def ai_volts_per_count(self) -> float:
         """Volts per raw AI code of the configured range.
