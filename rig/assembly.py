@@ -1,0 +1,168 @@
+"""Build a rig (devices and, for simulated rigs, the world) from a validated RigConfig.
+
+Everything that can be checked is checked here, before any device is opened: scan settings
+(plan_raster), stimulator limits, the world configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import Device
+from drivers.daq.contract import ScanDAQ
+from drivers.roles import Scanner, Stimulator
+from drivers.scanning.galvo import GalvoGalvoScanner
+from drivers.scanning.galvo_waveforms import GalvoScanSettings
+from drivers.stimulation.light import LightPathCalibration, LightStimulator, LightStimulatorLimits
+from rig.config import RigConfig, world_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rig:
+    """The devices of one session. `safe_all` and `close_all` never raise; they log."""
+
+    config: RigConfig
+    daq: ScanDAQ
+    scanner: Scanner
+    stimulator: Stimulator | None
+    world: Any = None  # simulators.world.World for simulated rigs
+    clock: Any = None
+    devices: list[Device] = field(default_factory=list)
+
+    def open_all(self) -> None:
+        for d in self.devices:
+            d.open()
+
+    def safe_all(self) -> list[str]:
+        """Put every device in its safe state; return the problems met (empty if none)."""
+        problems = []
+        # stimulation off first, then scanners
+        for d in sorted(self.devices, key=lambda d: d.role != "stimulator"):
+            try:
+                d.safe()
+            except Exception as e:  # noqa: BLE001 - a failing device must not stop the others
+                problems.append(f"{d.name}: safe() failed: {e!r}")
+                log.exception("safe() failed for %s", d.name)
+        return problems
+
+    def close_all(self) -> list[str]:
+        problems = []
+        for d in reversed(self.devices):
+            try:
+                d.close()
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"{d.name}: close() failed: {e!r}")
+                log.exception("close() failed for %s", d.name)
+        return problems
+
+    def snapshot(self) -> dict[str, Any]:
+        return {d.name: d.snapshot() for d in self.devices}
+
+
+def scan_settings(config: RigConfig) -> GalvoScanSettings:
+    s = config.section("scanner")
+    return GalvoScanSettings(
+        fov_um=tuple(s["fov_um"]),
+        zoom=s["zoom"],
+        pixels_per_line=s["pixels_per_line"],
+        lines=s["lines"],
+        sample_rate_hz=s["sample_rate_hz"],
+        ai_oversample=s["ai_oversample"],
+        bidirectional=s["bidirectional"],
+        turnaround_us=s["turnaround_us"],
+        flyback_lines=s["flyback_lines"],
+        line_phase_us=s["line_phase_us"],
+        park_um=tuple(s["park_um"]),
+        um_per_volt=tuple(s["um_per_volt"]),
+        max_volts=s["max_volts"],
+        max_ao_rate_hz=s["max_ao_rate_hz"],
+    )
+
+
+def stimulator_parts(config: RigConfig) -> tuple[LightStimulatorLimits, LightPathCalibration]:
+    s = config.section("stimulator")
+    field_um = tuple(v / config["scanner.zoom"] for v in config["scanner.fov_um"])
+    limits = LightStimulatorLimits(
+        max_power_mw=s["max_power_mw"],
+        max_pulse_ms=s["max_pulse_ms"],
+        max_pulses=s["max_pulses"],
+        max_pulse_rate_hz=s["max_pulse_rate_hz"],
+        max_duty_cycle=s["max_duty_cycle"],
+        max_train_s=s["max_train_s"],
+        max_targets=s["max_targets"],
+        max_mean_power_mw=s["max_mean_power_mw"],
+        field_um=field_um,
+    )
+    calibration = LightPathCalibration(
+        mw_per_volt=s["mw_per_volt"],
+        um_per_volt=tuple(s["um_per_volt"]),
+        output_rate_hz=s["output_rate_hz"],
+    )
+    return limits, calibration
+
+
+def build_rig(config: RigConfig, *, seed: int | None = None, speed: str = "max") -> Rig:
+    """Create (not open) every device of the rig described by `config`."""
+    settings = scan_settings(config)
+    world = clock = None
+    if config.simulated:
+        from simulators.clock import SimClock
+        from simulators.daq import SimulatedDAQ, SimulatedOptics
+        from simulators.world.world import World
+
+        sim = config.section("sim")
+        seed = sim["seed"] if seed is None else seed
+        world = World(world_config(config), seed=seed)
+        clock = SimClock(speed)
+        optics = SimulatedOptics(
+            galvo_um_per_volt=tuple(sim["galvo_um_per_volt"]),
+            galvo_lag_s=sim["galvo_lag_us"] * 1e-6,
+            laser_power_mw=sim["laser_power_mw"],
+            pmt_counts_per_photon=sim["pmt_counts_per_photon"],
+            pmt_gain_spread=sim["pmt_gain_spread"],
+            pmt_offset_counts=sim["pmt_offset_counts"],
+            read_noise_counts=sim["read_noise_counts"],
+            stim_mw_per_volt=config["stimulator.mw_per_volt"],
+            stim_um_per_volt=tuple(config["stimulator.um_per_volt"]),
+            stim_spot_radius_um=sim["stim_spot_radius_um"],
+            ai_block_s=sim["ai_block_ms"] * 1e-3,
+        )
+        daq: ScanDAQ = SimulatedDAQ(world, clock, optics, seed=seed)
+    else:
+        from drivers.daq.nidaqmx_backend import NIDAQ
+
+        daq = NIDAQ(
+            config["daq.device"],
+            timeout_s=config["daq.timeout_s"],
+            ai_terminal=config["daq.ai_terminal"],
+        )
+    scanner = GalvoGalvoScanner(
+        daq,
+        settings,
+        galvo_channels=tuple(config["scanner.galvo_channels"]),
+        pmt_channels=tuple(config["scanner.pmt_channels"]),
+        ai_range_v=config["scanner.ai_range_v"],
+    )
+    stimulator = None
+    if config["stimulator.kind"] == "light":
+        limits, calibration = stimulator_parts(config)
+        stimulator = LightStimulator(
+            daq,
+            channels=tuple(config["stimulator.channels"]),
+            limits=limits,
+            calibration=calibration,
+        )
+    devices: list[Device] = [daq, scanner] + ([stimulator] if stimulator else [])
+    return Rig(
+        config=config,
+        daq=daq,
+        scanner=scanner,
+        stimulator=stimulator,
+        world=world,
+        clock=clock,
+        devices=devices,
+    )

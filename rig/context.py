@@ -1,0 +1,122 @@
+"""What a protocol sees and may do during a run (`ctx` in the protocol hooks)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from drivers.errors import DeviceStateError
+from drivers.roles import StimulusRecord
+
+if TYPE_CHECKING:
+    from rig.loop import RunLoop
+
+
+class StopRequested(Exception):
+    pass
+
+
+class ProtocolContext:
+    """The protocol's window on the run. Valid inside hooks (processing thread only)."""
+
+    def __init__(self, loop: "RunLoop") -> None:
+        self._loop = loop
+        self.frame_index = -1
+        self.time_s = 0.0  # device time of the current frame's first sample
+        self.slot = -1
+        self.stimuli_this_frame = 0
+
+    # -- what the protocol reads -----------------------------------------------------------
+    @property
+    def frame_rate_hz(self) -> float:
+        return self._loop.frame_rate_hz
+
+    @property
+    def rois_ready(self) -> bool:
+        return self._loop.pipeline.n_rois > 0 and self._loop.pipeline.history_count > 0
+
+    @property
+    def n_rois(self) -> int:
+        return self._loop.pipeline.n_rois
+
+    @property
+    def dff(self) -> np.ndarray:
+        """This frame's dF/F per ROI (fractional); empty before ROIs exist. Read-only view."""
+        ring = self._loop.ring
+        n = int(ring.n_rois[self.slot]) if self.slot >= 0 else 0
+        return ring.dff[self.slot, :n]
+
+    def recent_dff(self, n_frames: int) -> np.ndarray:
+        """The last n frames of dF/F, shape (n, n_rois), oldest first (a copy)."""
+        return self._loop.pipeline.recent_dff(n_frames)
+
+    @property
+    def noise_level(self) -> np.ndarray | None:
+        """Online CASCADE noise level per ROI over the trailing window (% / sqrt(s))."""
+        return self._loop.pipeline.noise_level
+
+    @property
+    def roi_centroids_um(self) -> np.ndarray:
+        """(n_rois, 2) ROI centres as (x, y) um in the imaging field (centre = 0, 0), the
+        coordinates stimulation targets use."""
+        c = self._loop.pipeline.roi_centroids_um
+        return np.zeros((0, 2)) if c is None else c
+
+    def rois_near_um(
+        self, centre_um: tuple[float, float] | list[float], radius_um: float
+    ) -> np.ndarray:
+        """Indices of ROIs whose centre is within radius_um of centre_um (x, y)."""
+        c = self.roi_centroids_um
+        if len(c) == 0:
+            return np.zeros(0, np.int64)
+        d = np.hypot(c[:, 0] - centre_um[0], c[:, 1] - centre_um[1])
+        return np.flatnonzero(d <= radius_um)
+
+    @property
+    def has_stimulator(self) -> bool:
+        return self._loop.rig.stimulator is not None
+
+    # -- commands --------------------------------------------------------------------------
+    def stimulate(self, stimulus: Any) -> StimulusRecord:
+        """Validate and deliver a stimulus now; returns when and how it fired.
+
+        Raises LimitError (nothing sent) if the stimulus breaks the stimulator's limits; an
+        uncaught error aborts the run with every device made safe."""
+        stimulator = self._loop.rig.stimulator
+        if stimulator is None:
+            raise DeviceStateError('this rig has no stimulator (stimulator.kind = "none")')
+        record = stimulator.stimulate(stimulus)
+        ring = self._loop.ring
+        if self.stimuli_this_frame == 0:
+            ring.stimulus_issued_s[self.slot] = record.host_time_s
+        self.stimuli_this_frame += 1
+        self._loop.stimuli += 1
+        self._loop.events.post(
+            {
+                "type": "stimulus",
+                "frame": self.frame_index,
+                "host_time_s": record.host_time_s,
+                "device_time_s": record.device_time_s,
+                "stimulus": record.description,
+            }
+        )
+        return record
+
+    def mark(self, label: str, **data: Any) -> None:
+        """Record a protocol event in events.jsonl (with this frame and its device time)."""
+        self._loop.events.post(
+            {
+                "type": "protocol",
+                "label": label,
+                "frame": self.frame_index,
+                "device_time_s": self.time_s,
+                "host_time_s": time.monotonic(),
+                **data,
+            }
+        )
+
+    def stop(self, reason: str = "protocol finished") -> None:
+        """End the run after this frame (status 'completed')."""
+        self._loop.request_stop(reason)

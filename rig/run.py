@@ -1,0 +1,348 @@
+"""Run one experiment: config -> rig -> protocol -> loop -> session folder with report.
+
+    run_experiment("target_pattern", rig="sim", duration_s=120, speed="max", seed=3)
+
+Order matters for safety: everything that can be validated (rig config, scan settings,
+stimulator limits, protocol parameters, ROI file) is validated before any device is opened;
+once devices are open, every exit path - normal end, protocol stop, an exception in any
+thread, Ctrl-C - makes every device safe, flushes what was recorded and writes summary.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from analysis.noise import noise_level as batch_noise_level
+from analysis.rois import load_roi_file
+from rig.assembly import build_rig
+from rig.config import ConfigError, RigConfig, load_rig_config, split_overrides
+from rig.loop import RunLoop
+from rig.pipeline import STAGES, Pipeline, PipelineSettings
+from rig.protocol import Protocol, load_protocol_class
+from rig.ring import FrameRing
+from rig.session import EventLog, SessionRecorder, format_exception, new_session_dir, write_summary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    session_dir: Path
+    summary: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return self.summary["status"]
+
+
+def prepare(
+    protocol: str,
+    rig: str = "sim",
+    overrides: list[str] | None = None,
+    protocol_values: dict[str, Any] | None = None,
+) -> tuple[RigConfig, Protocol]:
+    """Validate everything (no device touched): the rig config with --set overrides and the
+    protocol with its parameters. Raises ConfigError with a message that says what to fix."""
+    rig_overrides, protocol_overrides = split_overrides(overrides or [])
+    config = load_rig_config(rig, rig_overrides)
+    cls = load_protocol_class(protocol)
+    values: dict[str, Any] = dict(protocol_values or {})
+    values.update(protocol_overrides)
+    return config, cls(**values)
+
+
+def run_experiment(
+    protocol: str | Protocol,
+    rig: str | RigConfig = "sim",
+    *,
+    duration_s: float = 60.0,
+    speed: str = "max",
+    seed: int | None = None,
+    out: str | None = None,
+    overrides: list[str] | None = None,
+    write_report: bool = True,
+    progress: Any = None,
+) -> RunResult:
+    if isinstance(protocol, Protocol):
+        config = (
+            rig
+            if isinstance(rig, RigConfig)
+            else load_rig_config(rig, split_overrides(overrides or [])[0])
+        )
+        proto = protocol
+    else:
+        if isinstance(rig, RigConfig):
+            raise ConfigError("pass the rig as a name or path when the protocol is given by name")
+        config, proto = prepare(protocol, rig, overrides)
+    if speed not in ("max", "realtime"):
+        raise ConfigError(f"--speed {speed!r}: choose max or realtime")
+    if not (duration_s > 0 and math.isfinite(duration_s)):
+        raise ConfigError(f"--duration {duration_s!r} must be a positive number of seconds")
+    seed = config["sim.seed"] if seed is None else seed
+    rig_obj = build_rig(config, seed=seed, speed=speed)  # validates scan settings and limits
+    scanner = rig_obj.scanner
+    frame_rate = scanner.frame_rate_hz
+    max_frames = max(1, int(round(duration_s * frame_rate)))
+    settings = PipelineSettings(
+        frame_rate_hz=frame_rate,
+        frame_shape=scanner.frame_shape,
+        pixel_size_um=scanner.pixel_size_um,
+        roi_source=config["rois.source"],
+        reference_s=config["rois.reference_s"],
+        cell_diameter_um=config["rois.cell_diameter_um"],
+        max_rois=config["rois.max_rois"],
+        baseline_window_s=config["dff.baseline_window_s"],
+        percentile=config["dff.percentile"],
+        noise_window_s=config["noise.window_s"],
+        history_s=config["loop.history_s"],
+    )
+
+    if settings.roi_source != "detect":  # a bad ROI file is refused before devices open
+        try:
+            load_roi_file(settings.roi_source, settings.frame_shape)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"rois.source: {e}") from e
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise FileExistsError(
+            f"session folder {out} already exists and is not empty: sessions "
+            "are never overwritten; choose another --out"
+        )
+    try:  # a missing device or driver is reported before a session folder exists
+        rig_obj.open_all()
+    except BaseException:
+        rig_obj.safe_all()
+        rig_obj.close_all()
+        raise
+    try:
+        folder = new_session_dir(out, config["recording.out_dir"], proto.protocol_name())
+    except BaseException:
+        rig_obj.safe_all()
+        rig_obj.close_all()
+        raise
+    events = EventLog(folder / "events.jsonl")
+    started_wall = time.time()
+    t_start = time.monotonic()
+    events.post(
+        {
+            "type": "session",
+            "event": "start",
+            "protocol": proto.protocol_name(),
+            "parameters": proto.values,
+            "seed": seed,
+            "speed": speed,
+            "rig": config.source,
+            "wall_clock": started_wall,
+            "duration_s": duration_s,
+        }
+    )
+    events.post({"type": "config", "config": config.to_dict()})
+    pipeline = Pipeline(settings, events.post)
+    ring = FrameRing(config["loop.ring_frames"], scanner.frame_shape, config["rois.max_rois"])
+    recorder = SessionRecorder(
+        folder,
+        ring,
+        frame_rate,
+        record_frames=config["recording.frames"],
+        flush_s=config["recording.flush_s"],
+    )
+    loop = RunLoop(
+        rig_obj, pipeline, proto, ring, recorder, events, speed=speed, max_frames=max_frames
+    )
+    snapshots: dict[str, Any] = {}
+    teardown_error = None
+    setup_done = False
+    try:
+        try:
+            pipeline.setup()
+            snapshots = rig_obj.snapshot()
+            events.post({"type": "device", "event": "opened", "snapshots": snapshots})
+            proto.setup(loop.ctx)
+            setup_done = True
+            loop.start()
+            loop.wait()
+        except KeyboardInterrupt:
+            loop.fail(KeyboardInterrupt("interrupted by user (Ctrl-C)"), "main")
+            loop.wait()
+        except BaseException as exc:  # noqa: BLE001 - setup failures abort the session too
+            loop.fail(exc, "setup")
+            loop.wait()
+        finally:
+            try:
+                if setup_done:
+                    proto.teardown(loop.ctx)
+            except Exception as exc:  # noqa: BLE001
+                teardown_error = f"protocol teardown: {type(exc).__name__}: {exc}"
+                events.post(
+                    {
+                        "type": "error",
+                        "where": "teardown",
+                        "error": teardown_error,
+                        "traceback": format_exception(exc),
+                    }
+                )
+            problems = rig_obj.safe_all()
+            events.post({"type": "safe", "reason": "end of session", "problems": problems})
+    finally:
+        summary = _finish(
+            loop,
+            rig_obj,
+            proto,
+            pipeline,
+            recorder,
+            events,
+            folder,
+            config,
+            seed,
+            speed,
+            snapshots,
+            t_start,
+            teardown_error,
+            setup_done,
+        )
+        rig_obj.close_all()
+    if write_report:
+        try:
+            from rig.report import write_report as _write_report
+
+            _write_report(folder)
+        except Exception as exc:  # noqa: BLE001 - the data are safe; say what failed
+            summary["report_error"] = f"{type(exc).__name__}: {exc}"
+            write_summary(folder, summary)
+            log.exception("report failed")
+    return RunResult(folder, summary)
+
+
+def _pct(values: np.ndarray) -> dict[str, float | None]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {"p50": None, "p99": None, "max": None, "count": 0}
+    return {
+        "p50": float(np.percentile(v, 50)),
+        "p99": float(np.percentile(v, 99)),
+        "max": float(v.max()),
+        "count": int(v.size),
+    }
+
+
+def _finish(
+    loop: RunLoop,
+    rig_obj: Any,
+    proto: Protocol,
+    pipeline: Pipeline,
+    recorder: SessionRecorder,
+    events: EventLog,
+    folder: Path,
+    config: RigConfig,
+    seed: int,
+    speed: str,
+    snapshots: dict[str, Any],
+    t_start: float,
+    teardown_error: str | None,
+    setup_done: bool,
+) -> dict[str, Any]:
+    """Flush and close the session files and write summary.json (always runs)."""
+    status = "aborted" if loop.aborted else "completed"
+    error = loop.error_text or teardown_error
+    if teardown_error and not loop.aborted:
+        status = "aborted"
+    noise = None
+    finish_error = None
+    try:
+        events.drain()
+        recorder.flush()
+        if pipeline.rois is not None and recorder.frames_written > 1 and "dff" in recorder.file:
+            dff = recorder.file["dff"][:]
+            start = pipeline.roi_start_frame or 0
+            rows = dff[start:]
+            if rows.shape[0] >= 2:
+                noise = batch_noise_level(rows.T.astype(np.float64), loop.frame_rate_hz)
+        recorder.finish(
+            rois=pipeline.rois,
+            mean_image=pipeline.mean_image,
+            noise_level=noise,
+            stimuli=events.stimuli,
+            attrs={
+                "pixel_size_um": rig_obj.scanner.pixel_size_um,
+                "roi_start_frame": pipeline.roi_start_frame,
+                "dff_baseline_window_s": pipeline.settings.baseline_window_s,
+                "dff_percentile": pipeline.settings.percentile,
+                "seed": seed,
+                "status": status,
+            },
+        )
+    except Exception as exc:  # noqa: BLE001
+        finish_error = f"writing session.h5: {type(exc).__name__}: {exc}"
+        status = "aborted"
+        events.post(
+            {
+                "type": "error",
+                "where": "finish",
+                "error": finish_error,
+                "traceback": format_exception(exc),
+            }
+        )
+    finally:
+        recorder.close()
+    n = loop.frames_processed
+    finite_noise = noise[np.isfinite(noise)] if noise is not None else np.zeros(0)
+    stage_ms = loop.stage_ms[:n]
+    try:
+        metrics = proto.metrics() if setup_done else {}
+    except Exception as exc:  # noqa: BLE001
+        metrics = {"error": f"metrics() failed: {exc}"}
+    summary = {
+        "status": status,
+        "error": error or finish_error,
+        "stop_reason": loop.stop_reason,
+        "seed": seed if config.simulated else None,
+        "rig": config["rig.name"],
+        "rig_source": config.source,
+        "speed": speed,
+        "frames": n,
+        "frames_acquired": loop.frames_acquired,
+        "frames_dropped": loop.frames_dropped,
+        "frame_rate_hz": loop.frame_rate_hz,
+        "duration_s": n / loop.frame_rate_hz,
+        "wall_time_s": time.monotonic() - t_start,
+        "n_rois": pipeline.n_rois,
+        "roi_start_frame": pipeline.roi_start_frame,
+        "latency_ms": {k: v for k, v in _pct(loop.latency_ms[:n]).items() if k != "count"},
+        "stimulus_latency_ms": _pct(loop.stimulus_latency_ms[:n]),
+        "processing_ms": {
+            "median": float(np.nanmedian(loop.processing_ms[:n])) if n else None,
+            "p99": float(np.nanpercentile(loop.processing_ms[:n], 99)) if n else None,
+        },
+        "stage_ms_median": {
+            name: (float(np.nanmedian(stage_ms[:, i])) if n else None)
+            for i, name in enumerate(STAGES)
+        },
+        "stimuli": loop.stimuli,
+        "noise_level": (
+            {
+                "median": float(np.median(finite_noise)),
+                "p10": float(np.percentile(finite_noise, 10)),
+                "p90": float(np.percentile(finite_noise, 90)),
+            }
+            if finite_noise.size
+            else {"median": None, "p10": None, "p90": None}
+        ),
+        "protocol": {
+            "name": proto.protocol_name(),
+            "file": getattr(proto, "source_file", None),
+            "parameters": proto.values,
+            "metrics": metrics,
+        },
+        "config": config.to_dict(),
+        "devices": snapshots,
+    }
+    write_summary(folder, summary)
+    events.post({"type": "session", "event": "end", "status": status, "error": summary["error"]})
+    events.close()
+    return summary
