@@ -67,8 +67,12 @@ class Device(ABC):
 
     def snapshot(self) -> dict[str, Any]:
         """Settings to record with a session (JSON-serialisable)."""
-        snap = {"name": self.name, "role": self.role, "driver": type(self).__qualname__,
-                "open": self._is_open}
+        snap = {
+            "name": self.name,
+            "role": self.role,
+            "driver": type(self).__qualname__,
+            "open": self._is_open,
+        }
         snap.update(self._snapshot())
         return snap
 

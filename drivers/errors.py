@@ -50,5 +50,7 @@ def check_range(name: str, value: float, low: float, high: float, unit: str = ""
     """Return `value` if low <= value <= high, else raise LimitError naming all three."""
     if not (low <= value <= high):
         u = f" {unit}" if unit else ""
-        raise LimitError(f"{name} = {value:g}{u} is outside the allowed range [{low:g}, {high:g}]{u}")
+        raise LimitError(
+            f"{name} = {value:g}{u} is outside the allowed range [{low:g}, {high:g}]{u}"
+        )
     return value

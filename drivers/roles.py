@@ -83,7 +83,9 @@ class StimulusRecord:
     """What a stimulator really did: when, on which clock, with which settings."""
 
     host_time_s: float  # time.monotonic() when the trigger was issued
-    device_time_s: float  # onset on the device clock (same clock as the scanner's frames where shared)
+    device_time_s: (
+        float  # onset on the device clock (same clock as the scanner's frames where shared)
+    )
     description: dict[str, Any] = field(default_factory=dict)
 
 

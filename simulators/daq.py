@@ -62,8 +62,15 @@ class SimulatedOptics:
 
 
 @numba.njit(cache=True, nogil=True)
-def _galvo_follow(cmd_v: np.ndarray, k: int, decay: float, mean_factor: float, state_v: float,
-                  out_um: np.ndarray, um_per_volt: float) -> float:
+def _galvo_follow(
+    cmd_v: np.ndarray,
+    k: int,
+    decay: float,
+    mean_factor: float,
+    state_v: float,
+    out_um: np.ndarray,
+    um_per_volt: float,
+) -> float:
     """First-order galvo (time constant tau) driven by a zero-order-held AO command.
 
     Exact per AI sample of length dt: with the command c held, p(end) = c + (p0 - c) * decay
@@ -80,9 +87,17 @@ def _galvo_follow(cmd_v: np.ndarray, k: int, decay: float, mean_factor: float, s
 
 
 @numba.njit(cache=True, nogil=True)
-def _photons_to_codes(photons: np.ndarray, gain_noise: np.ndarray, gain_start: int,
-                      counts_per_photon: float, offset: float, read_noise: np.ndarray, lo: int,
-                      hi: int, out: np.ndarray) -> None:
+def _photons_to_codes(
+    photons: np.ndarray,
+    gain_noise: np.ndarray,
+    gain_start: int,
+    counts_per_photon: float,
+    offset: float,
+    read_noise: np.ndarray,
+    lo: int,
+    hi: int,
+    out: np.ndarray,
+) -> None:
     """ADC code = offset + sum of single-photon pulse heights + electronic noise, clipped."""
     g = gain_start
     for i in range(photons.shape[0]):
@@ -103,9 +118,15 @@ def _photons_to_codes(photons: np.ndarray, gain_noise: np.ndarray, gain_start: i
 class SimulatedDAQ(ScanDAQ):
     """Simulated galvo scanning + PMT + photostimulation outputs over a simulated World."""
 
-    def __init__(self, world: "World", clock: SimClock | None = None,
-                 optics: SimulatedOptics = SimulatedOptics(), *, seed: int = 0,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        world: "World",
+        clock: SimClock | None = None,
+        optics: SimulatedOptics = SimulatedOptics(),
+        *,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name or "simulated DAQ")
         self.world = world
         self.clock = clock or SimClock("max")
@@ -124,15 +145,18 @@ class SimulatedDAQ(ScanDAQ):
         # gain noise is a fixed, seeded table cycled through (one entry per photon)
         spread = optics.pmt_gain_spread
         shape = 1.0 / spread**2 if spread > 0 else 0.0
-        self._gain_table = (self._rng.gamma(shape, 1.0 / shape, 1 << 16) if spread > 0
-                            else np.ones(1 << 16))
+        self._gain_table = (
+            self._rng.gamma(shape, 1.0 / shape, 1 << 16) if spread > 0 else np.ones(1 << 16)
+        )
 
     # -- scanning --------------------------------------------------------------------------
     def configure_scan(self, config: ScanTaskConfig) -> None:
         self.require_open()
         if len(config.ao_channels) != 2:
-            raise LimitError(f"the simulated rig has two scan galvos (x, y); got "
-                             f"{len(config.ao_channels)} AO channels {config.ao_channels}")
+            raise LimitError(
+                f"the simulated rig has two scan galvos (x, y); got "
+                f"{len(config.ao_channels)} AO channels {config.ao_channels}"
+            )
         if config.ai_oversample < 1:
             raise LimitError(f"ai_oversample = {config.ai_oversample} must be >= 1")
         self._scan = config
@@ -147,7 +171,10 @@ class SimulatedDAQ(ScanDAQ):
         self._noise = np.zeros(block * k)
         self._n_ai = n_ai
         self._ao_pos = 0  # AO samples consumed from the head of the queue
-        self._adc_lo, self._adc_hi = -(1 << (self.optics.adc_bits - 1)), (1 << (self.optics.adc_bits - 1)) - 1
+        self._adc_lo, self._adc_hi = (
+            -(1 << (self.optics.adc_bits - 1)),
+            (1 << (self.optics.adc_bits - 1)) - 1,
+        )
 
     def write_ao(self, waveform_v: np.ndarray) -> None:
         cfg = self._require_scan()
@@ -156,7 +183,9 @@ class SimulatedDAQ(ScanDAQ):
             raise LimitError(f"AO waveform shape {w.shape} != (2, {cfg.ao_samples_per_frame})")
         peak = float(np.abs(w).max())
         if peak > cfg.ao_range_v:
-            raise LimitError(f"AO waveform reaches {peak:.3f} V, beyond the range +-{cfg.ao_range_v:g} V")
+            raise LimitError(
+                f"AO waveform reaches {peak:.3f} V, beyond the range +-{cfg.ao_range_v:g} V"
+            )
         self._ao_queue.append(w.copy())
 
     def start_scan(self) -> None:
@@ -177,7 +206,9 @@ class SimulatedDAQ(ScanDAQ):
         k = cfg.ai_oversample
         n = out.shape[-1]
         if n % k:
-            raise LimitError(f"read of {n} AI samples is not a whole number of AO samples (k = {k})")
+            raise LimitError(
+                f"read of {n} AI samples is not a whole number of AO samples (k = {k})"
+            )
         first = self._samples_read
         done = 0
         opt = self.optics
@@ -189,15 +220,21 @@ class SimulatedDAQ(ScanDAQ):
             decay = mean_factor = 0.0
         while done < n:
             if not self._ao_queue:
-                raise DeviceTimeout("simulated DAQ: AO buffer ran empty (non-regenerating output "
-                                    "underflow): write AO frames ahead of the beam")
+                raise DeviceTimeout(
+                    "simulated DAQ: AO buffer ran empty (non-regenerating output "
+                    "underflow): write AO frames ahead of the beam"
+                )
             head = self._ao_queue[0]
             m_ao = min(self._block_ao, (n - done) // k, head.shape[1] - self._ao_pos)
             m = m_ao * k
-            seg = head[:, self._ao_pos:self._ao_pos + m_ao]
+            seg = head[:, self._ao_pos : self._ao_pos + m_ao]
             x_um, y_um = self._x_um[:m], self._y_um[:m]
-            self._galvo_v[0] = _galvo_follow(seg[0], k, decay, mean_factor, self._galvo_v[0], x_um, opt.galvo_um_per_volt[0])
-            self._galvo_v[1] = _galvo_follow(seg[1], k, decay, mean_factor, self._galvo_v[1], y_um, opt.galvo_um_per_volt[1])
+            self._galvo_v[0] = _galvo_follow(
+                seg[0], k, decay, mean_factor, self._galvo_v[0], x_um, opt.galvo_um_per_volt[0]
+            )
+            self._galvo_v[1] = _galvo_follow(
+                seg[1], k, decay, mean_factor, self._galvo_v[1], y_um, opt.galvo_um_per_volt[1]
+            )
             t0 = (first + done) * dt
             self.clock.wait_until(t0 + m * dt)
             t0 += self._world_t0
@@ -212,8 +249,17 @@ class SimulatedDAQ(ScanDAQ):
             gain_offset = int(self._rng.integers(0, self._gain_table.shape[0]))
             for c in range(self._n_ai):
                 # one PMT channel in the simulated specimen; further channels see the same light
-                _photons_to_codes(photons, self._gain_table, gain_offset, opt.pmt_counts_per_photon, opt.pmt_offset_counts, noise,
-                                  self._adc_lo, self._adc_hi, out[c, done:done + m])
+                _photons_to_codes(
+                    photons,
+                    self._gain_table,
+                    gain_offset,
+                    opt.pmt_counts_per_photon,
+                    opt.pmt_offset_counts,
+                    noise,
+                    self._adc_lo,
+                    self._adc_hi,
+                    out[c, done : done + m],
+                )
             done += m
             self._ao_pos += m_ao
             if self._ao_pos >= head.shape[1]:
@@ -250,14 +296,17 @@ class SimulatedDAQ(ScanDAQ):
         self.static_outputs[channel] = float(volts)
         if channel == self.optics.focus_channel:
             with self._lock:
-                self.world.set_focus_z_um(self.optics.piezo_zero_um + self.optics.piezo_um_per_volt * volts)
+                self.world.set_focus_z_um(
+                    self.optics.piezo_zero_um + self.optics.piezo_um_per_volt * volts
+                )
 
     # -- stimulation pulses ----------------------------------------------------------------
     def configure_pulses(self, config: PulseTaskConfig) -> None:
         self.require_open()
         if len(config.channels) != 3:
-            raise LimitError(f"the simulated light path has three outputs (power, x, y); got "
-                             f"{config.channels}")
+            raise LimitError(
+                f"the simulated light path has three outputs (power, x, y); got {config.channels}"
+            )
         self._pulse = config
 
     def write_pulses(self, waveform_v: np.ndarray) -> float:
@@ -284,9 +333,16 @@ class SimulatedDAQ(ScanDAQ):
             driven: list[int] = []
             for a, b in _lit_segments(w):
                 power = float(w[0, a]) * opt.stim_mw_per_volt
-                xy = np.array([[w[1, a] * opt.stim_um_per_volt[0], w[2, a] * opt.stim_um_per_volt[1]]])
-                cells = self.world.stimulate_spots(xy, opt.stim_spot_radius_um, power,
-                                                   onset + a / cfg.rate_hz, (b - a) / cfg.rate_hz)
+                xy = np.array(
+                    [[w[1, a] * opt.stim_um_per_volt[0], w[2, a] * opt.stim_um_per_volt[1]]]
+                )
+                cells = self.world.stimulate_spots(
+                    xy,
+                    opt.stim_spot_radius_um,
+                    power,
+                    onset + a / cfg.rate_hz,
+                    (b - a) / cfg.rate_hz,
+                )
                 driven.extend(int(c) for c in cells)
             self._stim_log.append({"onset_s": onset, "cells": sorted(set(driven))})
         return onset - self._world_t0  # on the scan clock
@@ -327,7 +383,7 @@ def _lit_segments(w: np.ndarray) -> list[tuple[int, int]]:
     starts = np.flatnonzero(on & (changed | np.concatenate(([True], ~on[:-1]))))
     segments = []
     for a in starts:
-        later = np.flatnonzero(changed[a + 1:] | ~on[a + 1:])
+        later = np.flatnonzero(changed[a + 1 :] | ~on[a + 1 :])
         b = a + 1 + int(later[0]) if later.size else n
         segments.append((int(a), int(b)))
     return segments

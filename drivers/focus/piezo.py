@@ -27,8 +27,13 @@ class PiezoCalibration:
 
 
 class AnalogPiezo(FocusDevice):
-    def __init__(self, daq: ScanDAQ, channel: str = "ao5",
-                 calibration: PiezoCalibration = PiezoCalibration(), name: str | None = None) -> None:
+    def __init__(
+        self,
+        daq: ScanDAQ,
+        channel: str = "ao5",
+        calibration: PiezoCalibration = PiezoCalibration(),
+        name: str | None = None,
+    ) -> None:
         super().__init__(name or "objective piezo")
         c = calibration
         if not c.min_um <= c.rest_um <= c.max_um:
@@ -45,8 +50,10 @@ class AnalogPiezo(FocusDevice):
     def volts_for(self, z_um: float) -> float:
         c = self.calibration
         if not c.min_um <= z_um <= c.max_um:
-            raise LimitError(f"focus z = {z_um:g} um is outside the allowed travel "
-                             f"[{c.min_um:g}, {c.max_um:g}] um")
+            raise LimitError(
+                f"focus z = {z_um:g} um is outside the allowed travel "
+                f"[{c.min_um:g}, {c.max_um:g}] um"
+            )
         return (z_um - c.zero_um) / c.um_per_volt
 
     def move_to_um(self, z_um: float) -> None:
@@ -69,5 +76,8 @@ class AnalogPiezo(FocusDevice):
             self.move_to_um(self.calibration.rest_um)
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"channel": self.channel, "calibration": asdict(self.calibration),
-                "position_um": self._position_um}
+        return {
+            "channel": self.channel,
+            "calibration": asdict(self.calibration),
+            "position_um": self._position_um,
+        }

@@ -7,7 +7,9 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def bin_pixels(raw: np.ndarray, starts: np.ndarray, samples_per_pixel: int, out: np.ndarray) -> None:
+def bin_pixels(
+    raw: np.ndarray, starts: np.ndarray, samples_per_pixel: int, out: np.ndarray
+) -> None:
     """out[l, p] = mean(raw[starts[l, p] : starts[l, p] + samples_per_pixel]), rounded.
 
     raw: int16 samples of one channel for one frame; starts: int64 (lines, pixels) first

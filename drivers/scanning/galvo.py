@@ -18,8 +18,12 @@ from drivers.daq.contract import ScanDAQ, ScanTaskConfig
 from drivers.errors import DeviceStateError
 from drivers.roles import FrameInfo, Scanner
 from drivers.scanning.binning import bin_pixels
-from drivers.scanning.galvo_waveforms import (GalvoScanSettings, build_waveforms, pixel_sample_starts,
-                                              plan_raster)
+from drivers.scanning.galvo_waveforms import (
+    GalvoScanSettings,
+    build_waveforms,
+    pixel_sample_starts,
+    plan_raster,
+)
 
 #: frames of AO written ahead of the beam (non-regenerating output needs a margin)
 AO_FRAMES_AHEAD = 2
@@ -32,10 +36,16 @@ class GalvoGalvoScanner(Scanner):
     LimitError before any device is touched). Channels name the DAQ terminals.
     """
 
-    def __init__(self, daq: ScanDAQ, settings: GalvoScanSettings, *,
-                 galvo_channels: tuple[str, str] = ("ao0", "ao1"),
-                 pmt_channels: tuple[str, ...] = ("ai0",), ai_range_v: float = 1.0,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        daq: ScanDAQ,
+        settings: GalvoScanSettings,
+        *,
+        galvo_channels: tuple[str, str] = ("ao0", "ao1"),
+        pmt_channels: tuple[str, ...] = ("ai0",),
+        ai_range_v: float = 1.0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name or "galvo-galvo scanner")
         self.daq = daq
         self.raster = plan_raster(settings)
@@ -76,10 +86,15 @@ class GalvoGalvoScanner(Scanner):
 
     def task_config(self) -> ScanTaskConfig:
         s = self.settings
-        return ScanTaskConfig(ao_channels=self.galvo_channels, ai_channels=self.pmt_channels,
-                              ao_rate_hz=self.raster.ao_rate_hz, ai_oversample=s.ai_oversample,
-                              ao_samples_per_frame=self.raster.frame_samples,
-                              ao_range_v=s.max_volts, ai_range_v=self.ai_range_v)
+        return ScanTaskConfig(
+            ao_channels=self.galvo_channels,
+            ai_channels=self.pmt_channels,
+            ao_rate_hz=self.raster.ao_rate_hz,
+            ai_oversample=s.ai_oversample,
+            ao_samples_per_frame=self.raster.frame_samples,
+            ao_range_v=s.max_volts,
+            ai_range_v=self.ai_range_v,
+        )
 
     def start(self) -> None:
         self.require_open()
@@ -104,9 +119,11 @@ class GalvoGalvoScanner(Scanner):
         planes = out.reshape((self.n_channels,) + self.frame_shape)
         for c in range(self.n_channels):
             bin_pixels(self._raw[c], self._starts, k, planes[c])
-        info = FrameInfo(index=self._frame_index,
-                         device_time_s=first_sample / self.raster.settings.sample_rate_hz,
-                         host_time_s=time.monotonic())
+        info = FrameInfo(
+            index=self._frame_index,
+            device_time_s=first_sample / self.raster.settings.sample_rate_hz,
+            host_time_s=time.monotonic(),
+        )
         self._frame_index += 1
         return info
 
@@ -140,7 +157,13 @@ class GalvoGalvoScanner(Scanner):
 
     def _snapshot(self) -> dict[str, Any]:
         r = self.raster
-        return {"settings": self.settings.to_dict(), "frame_rate_hz": r.frame_rate_hz,
-                "line_rate_hz": r.line_rate_hz, "pixel_size_um": r.pixel_size_um,
-                "pixel_dwell_us": r.pixel_dwell_s * 1e6, "field_um": r.field_um,
-                "galvo_channels": self.galvo_channels, "pmt_channels": self.pmt_channels}
+        return {
+            "settings": self.settings.to_dict(),
+            "frame_rate_hz": r.frame_rate_hz,
+            "line_rate_hz": r.line_rate_hz,
+            "pixel_size_um": r.pixel_size_um,
+            "pixel_dwell_us": r.pixel_dwell_s * 1e6,
+            "field_um": r.field_um,
+            "galvo_channels": self.galvo_channels,
+            "pmt_channels": self.pmt_channels,
+        }

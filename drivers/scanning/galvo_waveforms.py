@@ -99,11 +99,14 @@ def plan_raster(s: GalvoScanSettings) -> GalvoRaster:
     """Validate settings and derive the raster; every impossible setting raises LimitError
     naming the setting, its value and what would work."""
     if s.pixels_per_line < 2 or s.lines < 1:
-        raise LimitError(f"pixels_per_line = {s.pixels_per_line} and lines = {s.lines}: need at "
-                         "least 2 pixels per line and 1 line")
+        raise LimitError(
+            f"pixels_per_line = {s.pixels_per_line} and lines = {s.lines}: need at "
+            "least 2 pixels per line and 1 line"
+        )
     if s.ai_oversample < 1 or int(s.ai_oversample) != s.ai_oversample:
-        raise LimitError(f"ai_oversample = {s.ai_oversample} must be a positive integer "
-                         "(AI samples per pixel)")
+        raise LimitError(
+            f"ai_oversample = {s.ai_oversample} must be a positive integer (AI samples per pixel)"
+        )
     if s.sample_rate_hz <= 0:
         raise LimitError(f"sample_rate_hz = {s.sample_rate_hz:g} must be positive")
     ao_rate = s.sample_rate_hz / s.ai_oversample
@@ -111,7 +114,8 @@ def plan_raster(s: GalvoScanSettings) -> GalvoRaster:
         raise LimitError(
             f"sample_rate_hz / ai_oversample = {ao_rate:g} Hz galvo update rate exceeds "
             f"max_ao_rate_hz = {s.max_ao_rate_hz:g} Hz: raise ai_oversample to at least "
-            f"{math.ceil(s.sample_rate_hz / s.max_ao_rate_hz)} or lower sample_rate_hz")
+            f"{math.ceil(s.sample_rate_hz / s.max_ao_rate_hz)} or lower sample_rate_hz"
+        )
     if s.zoom <= 0:
         raise LimitError(f"zoom = {s.zoom:g} must be positive")
     if min(s.fov_um) <= 0:
@@ -119,15 +123,21 @@ def plan_raster(s: GalvoScanSettings) -> GalvoRaster:
     field = (s.fov_um[0] / s.zoom, s.fov_um[1] / s.zoom)
     turnaround = int(round(s.turnaround_us * 1e-6 * ao_rate))
     if turnaround < 2:
-        raise LimitError(f"turnaround_us = {s.turnaround_us:g} us is shorter than two galvo "
-                         f"updates at {ao_rate:g} Hz: use at least {2e6 / ao_rate:g} us")
+        raise LimitError(
+            f"turnaround_us = {s.turnaround_us:g} us is shorter than two galvo "
+            f"updates at {ao_rate:g} Hz: use at least {2e6 / ao_rate:g} us"
+        )
     if s.flyback_lines < 1:
-        raise LimitError(f"flyback_lines = {s.flyback_lines}: the slow galvo needs at least one "
-                         "line period to return to the top of the frame")
+        raise LimitError(
+            f"flyback_lines = {s.flyback_lines}: the slow galvo needs at least one "
+            "line period to return to the top of the frame"
+        )
     phase = int(round(s.line_phase_us * 1e-6 * s.sample_rate_hz))
     if not 0 <= phase <= turnaround * s.ai_oversample:
-        raise LimitError(f"line_phase_us = {s.line_phase_us:g} must be within [0, turnaround_us = "
-                         f"{s.turnaround_us:g}] (the pixel map may only be delayed into the turnaround)")
+        raise LimitError(
+            f"line_phase_us = {s.line_phase_us:g} must be within [0, turnaround_us = "
+            f"{s.turnaround_us:g}] (the pixel map may only be delayed into the turnaround)"
+        )
     total_lines = s.lines + s.flyback_lines
     if s.bidirectional and total_lines % 2:
         total_lines += 1  # a bidirectional frame must end where the next one starts
@@ -135,28 +145,42 @@ def plan_raster(s: GalvoScanSettings) -> GalvoRaster:
     post = -(-phase // s.ai_oversample)  # ceil: AO samples covering the line phase
     pre = max(0, min(3 * max(post, 1), (turnaround - post) // 2))
     if turnaround - post - pre < 2:
-        raise LimitError(f"turnaround_us = {s.turnaround_us:g} us leaves no time to reverse the "
-                         f"galvo after a line phase of {s.line_phase_us:g} us: lengthen "
-                         "turnaround_us or shorten line_phase_us")
-    raster = GalvoRaster(settings=s, ao_rate_hz=ao_rate, turnaround_samples=turnaround,
-                         line_samples=line_samples, total_lines=total_lines,
-                         frame_samples=line_samples * total_lines, line_phase_samples=phase,
-                         field_um=field, ramp_pre_samples=pre, ramp_post_samples=post)
-    for i, (axis, upv) in enumerate((("x", s.um_per_volt[0]), ("y", s.um_per_volt[1]))):
+        raise LimitError(
+            f"turnaround_us = {s.turnaround_us:g} us leaves no time to reverse the "
+            f"galvo after a line phase of {s.line_phase_us:g} us: lengthen "
+            "turnaround_us or shorten line_phase_us"
+        )
+    raster = GalvoRaster(
+        settings=s,
+        ao_rate_hz=ao_rate,
+        turnaround_samples=turnaround,
+        line_samples=line_samples,
+        total_lines=total_lines,
+        frame_samples=line_samples * total_lines,
+        line_phase_samples=phase,
+        field_um=field,
+        ramp_pre_samples=pre,
+        ramp_post_samples=post,
+    )
+    for axis, upv in (("x", s.um_per_volt[0]), ("y", s.um_per_volt[1])):
         if upv <= 0:
             raise LimitError(f"um_per_volt[{axis}] = {upv:g} must be positive")
     waveform = build_waveforms(raster)
-    for i, (axis, park_um, upv) in enumerate((("x", s.park_um[0], s.um_per_volt[0]),
-                                              ("y", s.park_um[1], s.um_per_volt[1]))):
+    for i, (axis, park_um, upv) in enumerate(
+        (("x", s.park_um[0], s.um_per_volt[0]), ("y", s.park_um[1], s.um_per_volt[1]))
+    ):
         peak_v = float(np.abs(waveform[i]).max())
         if peak_v > s.max_volts:
             raise LimitError(
                 f"the {axis} scan needs +-{peak_v:.2f} V (field {field} um at zoom "
                 f"{s.zoom:g}, including turnaround overshoot) but max_volts = {s.max_volts:g} V: "
-                f"increase zoom to at least {s.zoom * peak_v / s.max_volts:.3f} or shrink fov_um")
+                f"increase zoom to at least {s.zoom * peak_v / s.max_volts:.3f} or shrink fov_um"
+            )
         if abs(park_um) / upv > s.max_volts:
-            raise LimitError(f"park_um {axis} = {park_um:g} um needs {park_um / upv:.2f} V, beyond "
-                             f"max_volts = {s.max_volts:g} V")
+            raise LimitError(
+                f"park_um {axis} = {park_um:g} um needs {park_um / upv:.2f} V, beyond "
+                f"max_volts = {s.max_volts:g} V"
+            )
     return raster
 
 
@@ -195,7 +219,9 @@ def build_waveforms(r: GalvoRaster) -> np.ndarray:
         u = np.arange(1, span) / span
         h00, h10 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u
         h01, h11 = -2 * u**3 + 3 * u**2, u**3 - u**2
-        x[(line * L + a + 1 + np.arange(span - 1)) % N] = h00 * p0 + h10 * span * m0 + h01 * p1 + h11 * span * m1
+        x[(line * L + a + 1 + np.arange(span - 1)) % N] = (
+            h00 * p0 + h10 * span * m0 + h01 * p1 + h11 * span * m1
+        )
 
     ys = pixel_centres_um(s.lines, r.field_um[1])
     for line in range(s.lines):
@@ -204,7 +230,9 @@ def build_waveforms(r: GalvoRaster) -> np.ndarray:
     for line in range(s.lines - 1):
         a, b = ppl + post - 1, L - pre
         u = np.arange(1, b - a) / (b - a)
-        y[line * L + a + 1 + np.arange(b - a - 1)] = ys[line] + (ys[line + 1] - ys[line]) * _raised_cosine(u)
+        y[line * L + a + 1 + np.arange(b - a - 1)] = ys[line] + (
+            ys[line + 1] - ys[line]
+        ) * _raised_cosine(u)
     # glide back from the last imaged line to the first over the flyback lines
     glide_start = (s.lines - 1) * L + ppl + post
     glide_end = N - pre  # where line 0's ramp (of the next frame) begins

@@ -48,8 +48,10 @@ class LightStimulus:
         return self.power_mw * self.pulse_ms / 1e3 * len(self.targets_um) * self.n_pulses
 
     def summary(self) -> str:
-        return (f"{self.n_pulses} x {self.pulse_ms:g} ms at {self.pulse_rate_hz:g} Hz, "
-                f"{self.power_mw:g} mW, {len(self.targets_um)} target(s)")
+        return (
+            f"{self.n_pulses} x {self.pulse_ms:g} ms at {self.pulse_rate_hz:g} Hz, "
+            f"{self.power_mw:g} mW, {len(self.targets_um)} target(s)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,10 +88,15 @@ class LightPathCalibration:
 class LightStimulator(Stimulator):
     """Stimulator role for DAQ-driven light pulses (`channels` = power, x galvo, y galvo)."""
 
-    def __init__(self, daq: ScanDAQ, *, channels: tuple[str, str, str] = ("ao2", "ao3", "ao4"),
-                 limits: LightStimulatorLimits = LightStimulatorLimits(),
-                 calibration: LightPathCalibration = LightPathCalibration(),
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        daq: ScanDAQ,
+        *,
+        channels: tuple[str, str, str] = ("ao2", "ao3", "ao4"),
+        limits: LightStimulatorLimits = LightStimulatorLimits(),
+        calibration: LightPathCalibration = LightPathCalibration(),
+        name: str | None = None,
+    ) -> None:
         super().__init__(name or "light stimulator")
         self.daq = daq
         self.channels = tuple(channels)
@@ -99,9 +106,11 @@ class LightStimulator(Stimulator):
         self._lock = threading.Lock()
         self.delivered = 0
         if limits.max_power_mw / calibration.mw_per_volt > calibration.range_v:
-            raise LimitError(f"max_power_mw = {limits.max_power_mw:g} needs "
-                             f"{limits.max_power_mw / calibration.mw_per_volt:g} V, beyond the "
-                             f"output range +-{calibration.range_v:g} V: fix mw_per_volt or the limit")
+            raise LimitError(
+                f"max_power_mw = {limits.max_power_mw:g} needs "
+                f"{limits.max_power_mw / calibration.mw_per_volt:g} V, beyond the "
+                f"output range +-{calibration.range_v:g} V: fix mw_per_volt or the limit"
+            )
 
     # -- Stimulator role -------------------------------------------------------------------
     def validate(self, stimulus: LightStimulus) -> LightStimulus:
@@ -112,11 +121,15 @@ class LightStimulator(Stimulator):
         if not stimulus.targets_um:
             raise LimitError("targets_um is empty: give at least one (x, y) target in um")
         if len(stimulus.targets_um) > lim.max_targets:
-            raise LimitError(f"{len(stimulus.targets_um)} targets exceed max_targets = {lim.max_targets}")
+            raise LimitError(
+                f"{len(stimulus.targets_um)} targets exceed max_targets = {lim.max_targets}"
+            )
         for i, (x, y) in enumerate(stimulus.targets_um):
             if abs(x) > lim.field_um[0] / 2 or abs(y) > lim.field_um[1] / 2:
-                raise LimitError(f"target {i} at ({x:g}, {y:g}) um is outside the reachable field "
-                                 f"+-{lim.field_um[0] / 2:g} x +-{lim.field_um[1] / 2:g} um")
+                raise LimitError(
+                    f"target {i} at ({x:g}, {y:g}) um is outside the reachable field "
+                    f"+-{lim.field_um[0] / 2:g} x +-{lim.field_um[1] / 2:g} um"
+                )
         check_range("power_mw", stimulus.power_mw, 0.0, lim.max_power_mw, "mW")
         check_range("n_pulses", stimulus.n_pulses, 1, lim.max_pulses)
         check_range("pulse_rate_hz", stimulus.pulse_rate_hz, 1e-3, lim.max_pulse_rate_hz, "Hz")
@@ -129,9 +142,13 @@ class LightStimulator(Stimulator):
             raise LimitError(
                 f"duty cycle {lit_ms / period_ms:.2f} ({len(stimulus.targets_um)} targets x "
                 f"{pulse_ms:g} ms every {period_ms:g} ms) exceeds max_duty_cycle = "
-                f"{lim.max_duty_cycle:g}: lower pulse_rate_hz, pulse_ms or the number of targets")
-        quantised = replace(stimulus, pulse_ms=pulse_ms,
-                            targets_um=tuple((float(x), float(y)) for x, y in stimulus.targets_um))
+                f"{lim.max_duty_cycle:g}: lower pulse_rate_hz, pulse_ms or the number of targets"
+            )
+        quantised = replace(
+            stimulus,
+            pulse_ms=pulse_ms,
+            targets_um=tuple((float(x), float(y)) for x, y in stimulus.targets_um),
+        )
         check_range("train duration", quantised.train_s, 0.0, lim.max_train_s, "s")
         return quantised
 
@@ -147,9 +164,11 @@ class LightStimulator(Stimulator):
             device_time = self.daq.write_pulses(waveform)
             self._recent.append((now, stim.energy_mj))
             self.delivered += 1
-        return StimulusRecord(host_time_s=now, device_time_s=device_time,
-                              description={"kind": "light", **stim.to_dict(),
-                                           "summary": stim.summary()})
+        return StimulusRecord(
+            host_time_s=now,
+            device_time_s=device_time,
+            description={"kind": "light", **stim.to_dict(), "summary": stim.summary()},
+        )
 
     def waveform(self, stim: LightStimulus) -> np.ndarray:
         """The (3, n) volts written for a validated stimulus; ends with all channels at 0 V
@@ -164,9 +183,9 @@ class LightStimulator(Stimulator):
         for p in range(stim.n_pulses):
             for i, (x, y) in enumerate(stim.targets_um):
                 a = p * period + i * n_pulse
-                w[0, a:a + n_pulse] = power_v
-                w[1, a:a + n_pulse] = x / cal.um_per_volt[0]
-                w[2, a:a + n_pulse] = y / cal.um_per_volt[1]
+                w[0, a : a + n_pulse] = power_v
+                w[1, a : a + n_pulse] = x / cal.um_per_volt[0]
+                w[2, a : a + n_pulse] = y / cal.um_per_volt[1]
         return w
 
     def _check_mean_power(self, stim: LightStimulus, now: float) -> None:
@@ -177,7 +196,8 @@ class LightStimulator(Stimulator):
             raise LimitError(
                 f"stimulus refused: {energy:.1f} mJ of light within the last second exceeds "
                 f"max_mean_power_mw = {self.limits.max_mean_power_mw:g} mW averaged over 1 s "
-                "(tissue heating): stimulate less often or with less power")
+                "(tissue heating): stimulate less often or with less power"
+            )
 
     # -- Device hooks ----------------------------------------------------------------------
     _pulses_configured = False
@@ -185,8 +205,9 @@ class LightStimulator(Stimulator):
     def _open(self) -> None:
         self.daq.open()
         cal = self.calibration
-        self.daq.configure_pulses(PulseTaskConfig(channels=self.channels, rate_hz=cal.output_rate_hz,
-                                                  range_v=cal.range_v))
+        self.daq.configure_pulses(
+            PulseTaskConfig(channels=self.channels, rate_hz=cal.output_rate_hz, range_v=cal.range_v)
+        )
         self._pulses_configured = True
 
     def _close(self) -> None:
@@ -197,5 +218,9 @@ class LightStimulator(Stimulator):
             self.daq.zero_pulses()
 
     def _snapshot(self) -> dict[str, Any]:
-        return {"channels": self.channels, "limits": asdict(self.limits),
-                "calibration": asdict(self.calibration), "delivered": self.delivered}
+        return {
+            "channels": self.channels,
+            "limits": asdict(self.limits),
+            "calibration": asdict(self.calibration),
+            "delivered": self.delivered,
+        }

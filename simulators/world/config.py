@@ -73,7 +73,8 @@ class _Section:
         for key in d:
             if key not in valid:
                 where = f" in section {cls._section!r}" if cls._section else ""
-                raise WorldConfigError(f"unknown key {key!r}{where}; valid keys: {', '.join(valid)}")
+                raise WorldConfigError(
+                    f"unknown key {key!r}{where}; valid keys: {', '.join(valid)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,8 +64,9 @@ class ScannerContract(DeviceContract):
             device.stop()
         assert all(isinstance(i, FrameInfo) for i in infos)
         assert [i.index for i in infos] == [0, 1, 2]
-        np.testing.assert_allclose(np.diff([i.device_time_s for i in infos]),
-                                   1 / device.frame_rate_hz, rtol=1e-9)
+        np.testing.assert_allclose(
+            np.diff([i.device_time_s for i in infos]), 1 / device.frame_rate_hz, rtol=1e-9
+        )
 
     def test_read_before_start_is_refused(self, device):
         with device:

@@ -41,20 +41,28 @@ class TestLightStimulator(StimulatorContract):
 
     @pytest.fixture
     def good_stimulus(self):
-        return LightStimulus(targets_um=((0.0, 0.0), (20.0, -10.0)), power_mw=5.0, pulse_ms=5.0,
-                             n_pulses=3, pulse_rate_hz=10.0)
+        return LightStimulus(
+            targets_um=((0.0, 0.0), (20.0, -10.0)),
+            power_mw=5.0,
+            pulse_ms=5.0,
+            n_pulses=3,
+            pulse_rate_hz=10.0,
+        )
 
     @pytest.fixture
     def bad_stimuli(self):
-        ok = dict(targets_um=((0.0, 0.0),), power_mw=5.0, pulse_ms=5.0, n_pulses=3, pulse_rate_hz=10.0)
+        ok = dict(
+            targets_um=((0.0, 0.0),), power_mw=5.0, pulse_ms=5.0, n_pulses=3, pulse_rate_hz=10.0
+        )
         return [
             LightStimulus(**{**ok, "power_mw": 80.0}),  # over max_power_mw
             LightStimulus(**{**ok, "targets_um": ((400.0, 0.0),)}),  # outside the field
             LightStimulus(**{**ok, "pulse_ms": 60.0}),  # duty cycle 0.6 > 0.5
             LightStimulus(**{**ok, "n_pulses": 1000}),  # over max_pulses
             LightStimulus(**{**ok, "targets_um": ()}),  # no target
-            LightStimulus(**{**ok, "power_mw": 45.0, "pulse_ms": 50.0, "n_pulses": 10,
-                             "pulse_rate_hz": 10.0}),  # 22.5 mJ within 1 s: heating limit
+            LightStimulus(
+                **{**ok, "power_mw": 45.0, "pulse_ms": 50.0, "n_pulses": 10, "pulse_rate_hz": 10.0}
+            ),  # 22.5 mJ within 1 s: heating limit
         ]
 
 
@@ -75,6 +83,7 @@ class TestAnalogPiezo(FocusContract):
         def spy(*args, **kw):
             writes.append(args)
             return original(*args, **kw)
+
         daq.write_static_ao = spy
         return lambda: len(writes)
 
@@ -83,5 +92,3 @@ class TestAnalogPiezo(FocusContract):
             device.move_to_um(12.0)
             assert world.focus_z_um == pytest.approx(12.0)
         assert world.focus_z_um == pytest.approx(0.0)  # safe state: rest position
-
-

@@ -29,7 +29,7 @@ class BeadWorld:
 
     def sample_photons(self, x_um, y_um, t0_s, dt_s, power_mw, out):
         r2 = (x_um - self.x0) ** 2 + (y_um - self.y0) ** 2
-        out[:] = np.rint(self.peak * np.exp(-r2 / (2 * self.sd ** 2)))
+        out[:] = np.rint(self.peak * np.exp(-r2 / (2 * self.sd**2)))
         self._t = t0_s + len(x_um) * dt_s
 
     def stimulate_spots(self, xy_um, radius_um, power_mw, onset_s, duration_s):
@@ -38,8 +38,9 @@ class BeadWorld:
 
 
 def scan_one_frame(settings, world, lag_s):
-    optics = SimulatedOptics(galvo_lag_s=lag_s, read_noise_counts=0.0, pmt_gain_spread=0.0,
-                             pmt_counts_per_photon=100.0)
+    optics = SimulatedOptics(
+        galvo_lag_s=lag_s, read_noise_counts=0.0, pmt_gain_spread=0.0, pmt_counts_per_photon=100.0
+    )
     daq = SimulatedDAQ(world, optics=optics)
     scanner = GalvoGalvoScanner(daq, settings)
     frame = np.zeros(scanner.frame_shape, np.int16)
@@ -55,14 +56,22 @@ def centroid_x(row):
     return float((row * np.arange(row.size)).sum() / row.sum())
 
 
-SMALL = dict(pixels_per_line=128, lines=64, fov_um=(128.0, 64.0), sample_rate_hz=2e6,
-             ai_oversample=4, turnaround_us=300.0, flyback_lines=2)
+SMALL = dict(
+    pixels_per_line=128,
+    lines=64,
+    fov_um=(128.0, 64.0),
+    sample_rate_hz=2e6,
+    ai_oversample=4,
+    turnaround_us=300.0,
+    flyback_lines=2,
+)
 
 
 def test_a_bead_appears_at_its_pixel():
     x0, y0 = 20.3, -10.2  # um in the field (centre 0, 0)
-    frame, info, scanner = scan_one_frame(GalvoScanSettings(**SMALL, line_phase_us=0.0),
-                                          BeadWorld(x0, y0), lag_s=0.0)
+    frame, info, scanner = scan_one_frame(
+        GalvoScanSettings(**SMALL, line_phase_us=0.0), BeadWorld(x0, y0), lag_s=0.0
+    )
     py, px = scanner.pixel_size_um
     iy, ix = np.unravel_index(np.argmax(frame), frame.shape)
     expect_x = x0 / px + frame.shape[1] / 2 - 0.5

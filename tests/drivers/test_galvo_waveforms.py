@@ -4,13 +4,25 @@ import numpy as np
 import pytest
 
 from drivers.errors import LimitError
-from drivers.scanning.galvo_waveforms import (GalvoScanSettings, build_waveforms, pixel_centres_um,
-                                              pixel_sample_starts, plan_raster)
+from drivers.scanning.galvo_waveforms import (
+    GalvoScanSettings,
+    build_waveforms,
+    pixel_centres_um,
+    pixel_sample_starts,
+    plan_raster,
+)
 
 
 def test_frame_rate_follows_from_settings():
-    s = GalvoScanSettings(pixels_per_line=256, lines=256, sample_rate_hz=2e6, ai_oversample=4,
-                          turnaround_us=400, flyback_lines=2, bidirectional=True)
+    s = GalvoScanSettings(
+        pixels_per_line=256,
+        lines=256,
+        sample_rate_hz=2e6,
+        ai_oversample=4,
+        turnaround_us=400,
+        flyback_lines=2,
+        bidirectional=True,
+    )
     r = plan_raster(s)
     ao_rate = 2e6 / 4
     turnaround = 400e-6 * ao_rate  # 200 AO samples
@@ -32,16 +44,19 @@ def test_zoom_halves_the_field():
     assert r.field_um == (150.0, 100.0)
 
 
-@pytest.mark.parametrize("changes, words", [
-    ({"zoom": 0.3}, ["max_volts", "zoom"]),
-    ({"fov_um": (2000.0, 300.0)}, ["x scan", "max_volts"]),
-    ({"ai_oversample": 1}, ["max_ao_rate_hz", "ai_oversample"]),
-    ({"line_phase_us": 500.0}, ["line_phase_us", "turnaround"]),
-    ({"turnaround_us": 1.0}, ["turnaround_us"]),
-    ({"pixels_per_line": 1}, ["pixels_per_line"]),
-    ({"flyback_lines": 0}, ["flyback_lines"]),
-    ({"park_um": (400.0, 0.0)}, ["park_um"]),
-])
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"zoom": 0.3}, ["max_volts", "zoom"]),
+        ({"fov_um": (2000.0, 300.0)}, ["x scan", "max_volts"]),
+        ({"ai_oversample": 1}, ["max_ao_rate_hz", "ai_oversample"]),
+        ({"line_phase_us": 500.0}, ["line_phase_us", "turnaround"]),
+        ({"turnaround_us": 1.0}, ["turnaround_us"]),
+        ({"pixels_per_line": 1}, ["pixels_per_line"]),
+        ({"flyback_lines": 0}, ["flyback_lines"]),
+        ({"park_um": (400.0, 0.0)}, ["park_um"]),
+    ],
+)
 def test_impossible_settings_are_refused_with_the_setting_named(changes, words):
     settings = GalvoScanSettings(**changes)
     with pytest.raises(LimitError) as err:
@@ -72,8 +87,13 @@ def test_waveforms_stay_in_range_and_have_no_jumps(bidirectional):
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_pixel_map_reads_each_pixel_where_the_command_is_at_its_centre(bidirectional):
-    s = GalvoScanSettings(bidirectional=bidirectional, line_phase_us=0.0, pixels_per_line=64, lines=32,
-                          fov_um=(64.0, 32.0))
+    s = GalvoScanSettings(
+        bidirectional=bidirectional,
+        line_phase_us=0.0,
+        pixels_per_line=64,
+        lines=32,
+        fov_um=(64.0, 32.0),
+    )
     r = plan_raster(s)
     w = build_waveforms(r)
     starts = pixel_sample_starts(r)

@@ -238,7 +238,8 @@ def test_scan_tasks_share_one_start_trigger_and_one_timebase(daq: NIDAQ, ni: Fak
     assert ai.start_trigger_source == "/Dev1/ao/StartTrigger"
     assert ao.start_trigger_source is None
     # both continuous on the board's own clock (same timebase), AI at exactly k x AO
-    assert ao.clock["sample_mode"] == ai.clock["sample_mode"] == ni_constants.AcquisitionType.CONTINUOUS
+    continuous = ni_constants.AcquisitionType.CONTINUOUS
+    assert ao.clock["sample_mode"] == ai.clock["sample_mode"] == continuous
     assert ao.clock["rate"] == 250e3
     assert ai.clock["rate"] == 4 * 250e3
     # ranges and wiring as configured
