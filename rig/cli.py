@@ -141,10 +141,22 @@ def _summary_text(folder: Any, s: dict[str, Any]) -> str:
         f"latency   p50 {f(lat['p50'], '.3f')} ms, p99 {f(lat['p99'], '.3f')} ms, "
         f"max {f(lat['max'], '.3f')} ms",
         f"stimuli   {s['stimuli']}",
-        f"protocol  {s['protocol']['name']}: {json.dumps(s['protocol']['metrics'])}",
+        f"protocol  {s['protocol']['name']}: {_short_metrics(s['protocol']['metrics'])}",
         f"report    {folder}/report.html",
     ]
     return "\n".join(lines)
+
+
+def _short_metrics(metrics: dict[str, Any]) -> str:
+    """Scalars and short lists as they are; long lists as their length (all in summary.json)."""
+    parts = []
+    for key, value in metrics.items():
+        if isinstance(value, list) and (len(value) > 8 or any(isinstance(v, list) for v in value)):
+            value = f"<{len(value)} values>"
+        elif isinstance(value, float):
+            value = round(value, 3)
+        parts.append(f"{key}={value}")
+    return ", ".join(parts)
 
 
 def _config_show(args: argparse.Namespace) -> int:

@@ -71,11 +71,13 @@ def run_experiment(
     progress: Any = None,
 ) -> RunResult:
     if isinstance(protocol, Protocol):
-        config = (
-            rig
-            if isinstance(rig, RigConfig)
-            else load_rig_config(rig, split_overrides(overrides or [])[0])
-        )
+        rig_overrides, protocol_overrides = split_overrides(overrides or [])
+        if protocol_overrides:
+            raise ConfigError(
+                f"protocol parameters {sorted(protocol_overrides)} given with --set, but the "
+                "protocol is already an instance: pass them to its constructor"
+            )
+        config = rig if isinstance(rig, RigConfig) else load_rig_config(rig, rig_overrides)
         proto = protocol
     else:
         if isinstance(rig, RigConfig):

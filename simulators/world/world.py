@@ -158,6 +158,7 @@ class World:
 
         self._lock = threading.RLock()
         self._stim_lock = threading.Lock()
+        self._excitation_cache: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._planes: OrderedDict[int, PlaneMaps] = OrderedDict()
         self._focus_z_um = 0.0
         self._plane = self._plane_at(0.0)
@@ -320,17 +321,7 @@ class World:
             raise ValueError(f"duration_s = {duration_s!r} must be finite and > 0")
 
         z_um = self._focus_z_um
-        sp = self.specimen
-        dz = sp.positions_um[:, 2] - z_um
-        axial = np.exp(-4.0 * math.log(2.0) * dz ** 2 / stim.spot_axial_fwhm_um ** 2)
-        within_reach = (np.abs(dz) <= stim.spot_axial_fwhm_um / 2.0) & sp.opsin
-        excitation = np.zeros(self.n_cells)
-        relative_power2 = (power_mw / stim.half_power_mw) ** 2
-        for sx, sy in xy:
-            lateral = np.hypot(sp.positions_um[:, 0] - sx, sp.positions_um[:, 1] - sy)
-            hit = within_reach & (lateral < radius_um + sp.radii_um)
-            excitation[hit] += axial[hit] * relative_power2
-        cells = np.flatnonzero(excitation > 0.0)
+        cells, driven_excitation = self._spot_excitation(xy, radius_um, power_mw, z_um)
 
         latency = stim.latency_s
         start_step = math.ceil((onset_s + latency) * self._inv_step_s - 1e-9)
@@ -345,9 +336,35 @@ class World:
         with self._stim_lock:
             serial = len(self._stimulation_records)
             self._pending.append(_Stimulation(serial, start_step, end_step, cells,
-                                              excitation[cells], record))
+                                              driven_excitation, record))
             self._stimulation_records.append(record)
         return cells
+
+    def _spot_excitation(self, xy: np.ndarray, radius_um: float, power_mw: float,
+                         z_um: float) -> tuple[np.ndarray, np.ndarray]:
+        """Driven cells and their excitation for spots at a focus; cached, because a train
+        visits the same few spots many times."""
+        key = (xy.tobytes(), float(radius_um), float(power_mw), float(z_um))
+        cached = self._excitation_cache.get(key)
+        if cached is not None:
+            return cached
+        stim = self.config.stimulation
+        sp = self.specimen
+        dz = sp.positions_um[:, 2] - z_um
+        axial = np.exp(-4.0 * math.log(2.0) * dz ** 2 / stim.spot_axial_fwhm_um ** 2)
+        within_reach = (np.abs(dz) <= stim.spot_axial_fwhm_um / 2.0) & sp.opsin
+        excitation = np.zeros(self.n_cells)
+        relative_power2 = (power_mw / stim.half_power_mw) ** 2
+        for sx, sy in xy:
+            lateral = np.hypot(sp.positions_um[:, 0] - sx, sp.positions_um[:, 1] - sy)
+            hit = within_reach & (lateral < radius_um + sp.radii_um)
+            excitation[hit] += axial[hit] * relative_power2
+        cells = np.flatnonzero(excitation > 0.0)
+        result = (cells, excitation[cells])
+        if len(self._excitation_cache) > 256:
+            self._excitation_cache.clear()
+        self._excitation_cache[key] = result
+        return result
 
     def _apply_stimulation(self, max_steps: int) -> int:
         """Set the evoked rates for the next step; return how many steps they hold (<= max)."""
