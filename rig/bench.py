@@ -33,8 +33,17 @@ def benchmark(name: str) -> Callable:
     return register
 
 
+#: modules that register more benchmarks with @benchmark when imported
+EXTENSIONS: tuple[str, ...] = ()
+
+
 def run_benchmark(name: str, quick: bool = False) -> dict[str, float]:
+    import importlib
+
     from rig.config import ConfigError
+
+    for module in EXTENSIONS:
+        importlib.import_module(module)
 
     if name not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}")

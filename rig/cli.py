@@ -14,6 +14,7 @@ missing NI driver) exits with status 2 and a one-paragraph message saying what t
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -34,6 +35,11 @@ def _add_rig_args(p: argparse.ArgumentParser) -> None:
         help="override a rig key (scanner.pixels_per_line=256) or a protocol "
         "parameter (protocol.NAME=VALUE); repeatable",
     )
+
+
+#: modules that add subcommands: each defines register(subparsers), whose parsers call
+#: set_defaults(handler=function) with function(args) -> exit status
+EXTENSIONS: tuple[str, ...] = ()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="benchmark name (core)")
     bench.add_argument("--json", default=None, help="write the figures as a flat JSON object")
     bench.add_argument("--quick", action="store_true", help="shorter runs (for tests)")
+    for module in EXTENSIONS:
+        importlib.import_module(module).register(sub)
     return parser
 
 
@@ -79,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if getattr(args, "handler", None) is not None:
+        return int(args.handler(args))
     if args.command == "run":
         return _run(args)
     if args.command == "config":
