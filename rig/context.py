@@ -93,15 +93,16 @@ class ProtocolContext:
             ring.stimulus_issued_s[self.slot] = record.host_time_s
         self.stimuli_this_frame += 1
         self._loop.stimuli += 1
-        self._loop.events.post(
-            {
-                "type": "stimulus",
-                "frame": self.frame_index,
-                "host_time_s": record.host_time_s,
-                "device_time_s": record.device_time_s,
-                "stimulus": record.description,
-            }
-        )
+        event = {
+            "type": "stimulus",
+            "frame": self.frame_index,
+            "host_time_s": record.host_time_s,
+            "device_time_s": record.device_time_s,
+            "stimulus": record.description,
+        }
+        self._loop.events.post(event)
+        if self._loop.live is not None:
+            self._loop.live.add_stimulus(event)
         return record
 
     def mark(self, label: str, **data: Any) -> None:

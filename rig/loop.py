@@ -32,6 +32,7 @@ import numpy as np
 
 from rig.assembly import Rig
 from rig.context import ProtocolContext
+from rig.live import LiveState, RunControl
 from rig.pipeline import STAGES, Pipeline
 from rig.protocol import Protocol
 from rig.ring import FrameRing
@@ -55,6 +56,8 @@ class RunLoop:
         speed: str,
         max_frames: int,
         late_tolerance_frames: float = 1.0,
+        live: LiveState | None = None,
+        control: RunControl | None = None,
     ) -> None:
         if speed not in ("max", "realtime"):
             raise ValueError(f"speed = {speed!r}: choose 'max' or 'realtime'")
@@ -70,6 +73,9 @@ class RunLoop:
         self.late_tolerance_frames = late_tolerance_frames
         self.frame_rate_hz = self.scanner.frame_rate_hz
         self.ctx = ProtocolContext(self)
+        self.live = live
+        self.control = control
+        self._rois_published = False
         # outcome
         self.error: BaseException | None = None
         self.error_text: str | None = None
@@ -118,6 +124,19 @@ class RunLoop:
             )
             problems = self.rig.safe_all()
             self.events.post({"type": "safe", "reason": self.error_text, "problems": problems})
+
+    def safe_stimulation(self, reason: str) -> None:
+        """Stimulators to their safe state now (the protocol is paused by RunControl)."""
+        problems = []
+        stimulator = self.rig.stimulator
+        if stimulator is not None:
+            try:
+                stimulator.safe()
+            except Exception as e:  # noqa: BLE001 - report, never hide
+                problems.append(f"{stimulator.name}: safe() failed: {e!r}")
+        self.events.post(
+            {"type": "safe", "reason": reason, "problems": problems, "devices": ["stimulator"]}
+        )
 
     @property
     def aborted(self) -> bool:
@@ -247,8 +266,11 @@ class RunLoop:
             ctx.stimuli_this_frame = 0
             t0 = time.perf_counter()
             pipeline.process(ring, slot, index)
-            if not self._stop.is_set():
+            control = self.control
+            if not self._stop.is_set() and (control is None or control.protocol_active):
                 protocol.on_frame(ctx)
+            if control is not None and control.manual_queue:
+                self._deliver_manual(control)
             done = time.monotonic()
             ring.processing_done_s[slot] = done
             n = self.frames_processed
@@ -260,9 +282,38 @@ class RunLoop:
                 if not np.isnan(ring.stimulus_issued_s[slot]):
                     self.stimulus_latency_ms[n] = (ring.stimulus_issued_s[slot] - complete) * 1e3
             self.frames_processed += 1
+            if self.live is not None:
+                self._publish(slot, index, (done - ring.frame_complete_s[slot]) * 1e3)
             ring.record.put(slot)
             if self.speed == "max":
                 self._processed.release()
+
+    def _deliver_manual(self, control: RunControl) -> None:
+        while control.manual_queue:
+            stimulus = control.manual_queue.popleft()
+            if control.safe_off_engaged.is_set():
+                self.events.post({"type": "protocol", "label": "manual stimulus dropped",
+                                  "reason": "safe-off engaged"})
+                continue
+            self.ctx.mark("manual stimulus")
+            self.ctx.stimulate(stimulus)
+
+    def _publish(self, slot: int, index: int, latency_ms: float) -> None:
+        live, pipeline, ring = self.live, self.pipeline, self.ring
+        assert live is not None
+        if not self._rois_published and pipeline.rois is not None:
+            live.set_rois(pipeline.rois.label_image(), pipeline.rois.centroids_px)
+            self._rois_published = True
+        n = int(ring.n_rois[slot])
+        live.publish(
+            index,
+            float(ring.device_time_s[slot]),
+            ring.frames[slot],
+            ring.dff[slot, :n] if n else None,
+            pipeline.noise_level,
+            latency_ms,
+            self.frames_dropped,
+        )
 
     def _record(self) -> None:
         ring, recorder, events = self.ring, self.recorder, self.events

@@ -23,6 +23,7 @@ from analysis.noise import noise_level as batch_noise_level
 from analysis.rois import load_roi_file
 from rig.assembly import build_rig
 from rig.config import ConfigError, RigConfig, load_rig_config, split_overrides
+from rig.live import LiveState, RunControl
 from rig.loop import RunLoop
 from rig.pipeline import STAGES, Pipeline, PipelineSettings
 from rig.protocol import Protocol, load_protocol_class
@@ -68,7 +69,8 @@ def run_experiment(
     out: str | None = None,
     overrides: list[str] | None = None,
     write_report: bool = True,
-    progress: Any = None,
+    live: LiveState | None = None,
+    control: RunControl | None = None,
 ) -> RunResult:
     if isinstance(protocol, Protocol):
         rig_overrides, protocol_overrides = split_overrides(overrides or [])
@@ -155,8 +157,25 @@ def run_experiment(
         flush_s=config["recording.flush_s"],
     )
     loop = RunLoop(
-        rig_obj, pipeline, proto, ring, recorder, events, speed=speed, max_frames=max_frames
+        rig_obj,
+        pipeline,
+        proto,
+        ring,
+        recorder,
+        events,
+        speed=speed,
+        max_frames=max_frames,
+        live=live,
+        control=control,
     )
+    if live is not None:
+        live.start(
+            frame_shape=scanner.frame_shape,
+            pixel_size_um=scanner.pixel_size_um,
+            frame_rate_hz=frame_rate,
+        )
+    if control is not None:
+        control.attach(loop)
     snapshots: dict[str, Any] = {}
     teardown_error = None
     setup_done = False
@@ -209,6 +228,8 @@ def run_experiment(
             setup_done,
         )
         rig_obj.close_all()
+        if live is not None:
+            live.finish(summary["status"])
     if write_report:
         try:
             from rig.report import write_report as _write_report
