@@ -21,7 +21,7 @@ import numpy as np
 
 from analysis.noise import noise_level as batch_noise_level
 from analysis.rois import load_roi_file
-from rig.assembly import build_rig
+from rig.assembly import Rig, build_rig
 from rig.config import ConfigError, RigConfig, load_rig_config, split_overrides
 from rig.live import LiveState, RunControl
 from rig.loop import RunLoop
@@ -71,7 +71,10 @@ def run_experiment(
     write_report: bool = True,
     live: LiveState | None = None,
     control: RunControl | None = None,
+    prebuilt_rig: Rig | None = None,
 ) -> RunResult:
+    """Run one session. `prebuilt_rig` replaces the rig built from the config (replay uses it
+    to put a replaying scanner and simulated stimulator in place of the hardware)."""
     if isinstance(protocol, Protocol):
         rig_overrides, protocol_overrides = split_overrides(overrides or [])
         if protocol_overrides:
@@ -90,7 +93,10 @@ def run_experiment(
     if not (duration_s > 0 and math.isfinite(duration_s)):
         raise ConfigError(f"--duration {duration_s!r} must be a positive number of seconds")
     seed = config["sim.seed"] if seed is None else seed
-    rig_obj = build_rig(config, seed=seed, speed=speed)  # validates scan settings and limits
+    # building the rig validates scan settings and stimulator limits
+    rig_obj = (
+        prebuilt_rig if prebuilt_rig is not None else build_rig(config, seed=seed, speed=speed)
+    )
     scanner = rig_obj.scanner
     frame_rate = scanner.frame_rate_hz
     max_frames = max(1, int(round(duration_s * frame_rate)))
