@@ -84,18 +84,9 @@ class OpenLoopTrain(Protocol):
             self.next_s += self.interval_s
 
     def _choose_targets(self, ctx):
-        rois = ctx.rois_near_um(self.target_centre_um, self.target_radius_um)
-        if rois.size == 0:
-            raise RuntimeError(
-                f"no ROI within {self.target_radius_um:g} um of target_centre_um "
-                f"{self.target_centre_um}: move the centre or widen target_radius_um "
-                f"({ctx.n_rois} ROIs in the field)"
-            )
-        c = ctx.roi_centroids_um[rois]
-        order = np.argsort(
-            np.hypot(c[:, 0] - self.target_centre_um[0], c[:, 1] - self.target_centre_um[1])
+        self.target_rois = ctx.rois_near_um(
+            self.target_centre_um, self.target_radius_um, self.max_targets, required="target"
         )
-        self.target_rois = rois[order[: self.max_targets]]
         self.targets = ctx.roi_centroids_um[self.target_rois]
         ctx.mark("targets", rois=self.target_rois.tolist(), targets_um=self.targets.tolist())
 

@@ -172,27 +172,14 @@ class TargetPattern(Protocol):
             self._end_cycle(ctx, met=True, t=t, active=active)
 
     def _choose_groups(self, ctx):
-        sensory = ctx.rois_near_um(self.sensory_centre_um, self.sensory_radius_um)
-        motor = ctx.rois_near_um(self.motor_centre_um, self.motor_radius_um)
-        for name, rois, centre, radius in (
-            ("sensory", sensory, self.sensory_centre_um, self.sensory_radius_um),
-            ("motor", motor, self.motor_centre_um, self.motor_radius_um),
-        ):
-            if rois.size == 0:
-                raise RuntimeError(
-                    f"no ROI within {radius:g} um of {name}_centre_um {centre} "
-                    f"({ctx.n_rois} ROIs found): move the centre or widen the radius"
-                )
-        motor = np.setdiff1d(motor, sensory)
-        if motor.size == 0:
-            raise RuntimeError("the motor ROIs are all sensory ROIs: separate the two groups")
-        c = ctx.roi_centroids_um[sensory]
-        order = np.argsort(
-            np.hypot(c[:, 0] - self.sensory_centre_um[0], c[:, 1] - self.sensory_centre_um[1])
+        self.sensory_rois = ctx.rois_near_um(
+            self.sensory_centre_um, self.sensory_radius_um, self.max_targets, required="sensory"
         )
-        self.sensory_rois = sensory[order[: self.max_targets]]
-        self.motor_rois = motor
-        self._response_sum = np.zeros(motor.size)
+        motor = ctx.rois_near_um(self.motor_centre_um, self.motor_radius_um, required="motor")
+        self.motor_rois = np.setdiff1d(motor, self.sensory_rois)
+        if self.motor_rois.size == 0:
+            raise RuntimeError("the motor ROIs are all sensory ROIs: separate the two groups")
+        self._response_sum = np.zeros(self.motor_rois.size)
         self.targets_um = tuple(
             tuple(map(float, xy)) for xy in ctx.roi_centroids_um[self.sensory_rois]
         )

@@ -65,14 +65,28 @@ class ProtocolContext:
         return np.zeros((0, 2)) if c is None else c
 
     def rois_near_um(
-        self, centre_um: tuple[float, float] | list[float], radius_um: float
+        self,
+        centre_um: tuple[float, float] | list[float],
+        radius_um: float,
+        limit: int | None = None,
+        required: str | None = None,
     ) -> np.ndarray:
-        """Indices of ROIs whose centre is within radius_um of centre_um (x, y)."""
+        """Indices of ROIs whose centre is within radius_um of centre_um (x, y), nearest
+        first, at most `limit`. With `required` (a name for the group, e.g. "motor"), finding
+        none raises an error that names the group, the centre and the radius."""
         c = self.roi_centroids_um
         if len(c) == 0:
-            return np.zeros(0, np.int64)
-        d = np.hypot(c[:, 0] - centre_um[0], c[:, 1] - centre_um[1])
-        return np.flatnonzero(d <= radius_um)
+            found = np.zeros(0, np.int64)
+        else:
+            d = np.hypot(c[:, 0] - centre_um[0], c[:, 1] - centre_um[1])
+            inside = np.flatnonzero(d <= radius_um)
+            found = inside[np.argsort(d[inside], kind="stable")][:limit]
+        if required and found.size == 0:
+            raise RuntimeError(
+                f"no ROI within {radius_um:g} um of the {required} centre {list(centre_um)} "
+                f"({self.n_rois} ROIs in the field): move the centre or widen the radius"
+            )
+        return found
 
     @property
     def has_stimulator(self) -> bool:
