@@ -39,7 +39,7 @@ def _add_rig_args(p: argparse.ArgumentParser) -> None:
 
 #: modules that add subcommands: each defines register(subparsers), whose parsers call
 #: set_defaults(handler=function) with function(args) -> exit status
-EXTENSIONS: tuple[str, ...] = ()
+EXTENSIONS: tuple[str, ...] = ("rig.cli_sweep",)
 
 
 def build_parser() -> argparse.ArgumentParser:

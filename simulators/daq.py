@@ -281,10 +281,16 @@ class SimulatedDAQ(ScanDAQ):
         return rng / (1 << (self.optics.adc_bits - 1))
 
     @property
-    def time_s(self) -> float:
-        """Virtual time of the next sample to be acquired."""
-        rate = self._scan.ai_rate_hz if self._scan else 1.0
-        return self._samples_read / rate
+    def scan_time_s(self) -> float:
+        """Virtual time on the scan clock: the world's time (realtime: the wall clock's, if
+        later) since the scan started; NaN before any scan."""
+        if self._scan is None or not self._running and self._samples_read == 0:
+            return float("nan")
+        t = self.world.t_s
+        wall = self.clock.now_virtual_s()
+        if wall is not None:
+            t = max(t, wall + self._world_t0)
+        return t - self._world_t0
 
     # -- static outputs --------------------------------------------------------------------
     def write_static_ao(self, channel: str, volts: float, range_v: float = 10.0) -> None:

@@ -97,6 +97,12 @@ class ScanDAQ(Device):
 
     @property
     @abstractmethod
+    def scan_time_s(self) -> float:
+        """Now, on the scan clock (s since the start trigger); an estimate where the board
+        gives no hardware timestamp, NaN when no scan has started."""
+
+    @property
+    @abstractmethod
     def ai_volts_per_count(self) -> float:
         """Conversion of raw AI codes to volts."""
 

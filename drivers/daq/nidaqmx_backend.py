@@ -251,8 +251,10 @@ class NIDAQ(ScanDAQ):
             "timeout_s": self.timeout_s,
             "park_v": list(self.park_v) if self.park_v is not None else None,
             "clock": "AO master on onboard clock; AI own clock at k x AO rate, "
-                     f"started by /{self.device}/ao/StartTrigger",
-            "scan": None if scan is None else {
+            f"started by /{self.device}/ao/StartTrigger",
+            "scan": None
+            if scan is None
+            else {
                 "ao_channels": list(scan.ao_channels),
                 "ai_channels": list(scan.ai_channels),
                 "ao_rate_hz": self._ao_rate_actual_hz,
@@ -266,7 +268,9 @@ class NIDAQ(ScanDAQ):
                 "ao_buffer_samples": self._ao_buffer_samples,
                 "ai_buffer_samples": self._ai_buffer_samples,
             },
-            "pulses": None if pulse is None else {
+            "pulses": None
+            if pulse is None
+            else {
                 "channels": list(pulse.channels),
                 "rate_hz": pulse.rate_hz,
                 "range_v": pulse.range_v,
@@ -295,10 +299,13 @@ class NIDAQ(ScanDAQ):
             ao_task = nx.Task()
             for ch in ao_phys:
                 ao_task.ao_channels.add_ao_voltage_chan(
-                    ch, min_val=-config.ao_range_v, max_val=config.ao_range_v)
+                    ch, min_val=-config.ao_range_v, max_val=config.ao_range_v
+                )
             ao_task.timing.cfg_samp_clk_timing(
-                config.ao_rate_hz, sample_mode=c.AcquisitionType.CONTINUOUS,
-                samps_per_chan=AO_BUFFER_FRAMES * ao_spf)
+                config.ao_rate_hz,
+                sample_mode=c.AcquisitionType.CONTINUOUS,
+                samps_per_chan=AO_BUFFER_FRAMES * ao_spf,
+            )
             ao_task.out_stream.regen_mode = c.RegenerationMode.DONT_ALLOW_REGENERATION
             ao_task.out_stream.output_buf_size = AO_BUFFER_FRAMES * ao_spf
 
@@ -307,22 +314,32 @@ class NIDAQ(ScanDAQ):
             first_ai = None
             for ch in ai_phys:
                 chan = ai_task.ai_channels.add_ai_voltage_chan(
-                    ch, terminal_config=terminal,
-                    min_val=-config.ai_range_v, max_val=config.ai_range_v)
+                    ch,
+                    terminal_config=terminal,
+                    min_val=-config.ai_range_v,
+                    max_val=config.ai_range_v,
+                )
                 first_ai = first_ai if first_ai is not None else chan
             ai_task.timing.cfg_samp_clk_timing(
-                config.ai_rate_hz, sample_mode=c.AcquisitionType.CONTINUOUS,
-                samps_per_chan=ai_frames * ai_spf)
+                config.ai_rate_hz,
+                sample_mode=c.AcquisitionType.CONTINUOUS,
+                samps_per_chan=ai_frames * ai_spf,
+            )
             ai_task.in_stream.input_buf_size = ai_frames * ai_spf
             ai_task.triggers.start_trigger.cfg_dig_edge_start_trig(
-                f"/{self.device}/ao/StartTrigger")
+                f"/{self.device}/ao/StartTrigger"
+            )
 
-            self._check_coerced_rates(config, float(ao_task.timing.samp_clk_rate),
-                                      float(ai_task.timing.samp_clk_rate),
-                                      float(ai_task.timing.samp_clk_timebase_rate))
+            self._check_coerced_rates(
+                config,
+                float(ao_task.timing.samp_clk_rate),
+                float(ai_task.timing.samp_clk_rate),
+                float(ai_task.timing.samp_clk_timebase_rate),
+            )
             volts_per_count = self._read_volts_per_count(first_ai)
-            writer = nx.stream_writers.AnalogMultiChannelWriter(ao_task.out_stream,
-                                                                auto_start=False)
+            writer = nx.stream_writers.AnalogMultiChannelWriter(
+                ao_task.out_stream, auto_start=False
+            )
             reader = nx.stream_readers.AnalogUnscaledReader(ai_task.in_stream)
             reader.verify_array_shape = False  # read_ai checks the shape; saves a driver query
         except BaseException as exc:
@@ -352,10 +369,18 @@ class NIDAQ(ScanDAQ):
         expected = (len(config.ao_channels), config.ao_samples_per_frame)
         if not isinstance(waveform_v, np.ndarray) or waveform_v.shape != expected:
             shape = getattr(waveform_v, "shape", type(waveform_v).__name__)
-            raise ValueError(f"waveform_v has shape {shape}; expected {expected} "
-                             "(scan AO channels, ao_samples_per_frame)")
-        self._check_volts(waveform_v, config.ao_channels, config.ao_range_v,
-                          self._ao_max_v, self._ao_min_v, "scan AO")
+            raise ValueError(
+                f"waveform_v has shape {shape}; expected {expected} "
+                "(scan AO channels, ao_samples_per_frame)"
+            )
+        self._check_volts(
+            waveform_v,
+            config.ao_channels,
+            config.ao_range_v,
+            self._ao_max_v,
+            self._ao_min_v,
+            "scan AO",
+        )
         data = np.ascontiguousarray(waveform_v, dtype=np.float64)  # no copy if already so
         frame_s = config.ao_samples_per_frame / config.ao_rate_hz
         try:
@@ -369,8 +394,10 @@ class NIDAQ(ScanDAQ):
         if self._scan_running:
             raise DeviceStateError(f"{self.name}: the scan is already running")
         if self._ao_frames_written == 0:
-            raise DeviceStateError(f"{self.name}: write_ao() at least one frame before "
-                                   "start_scan() (non-regenerating AO starts from its buffer)")
+            raise DeviceStateError(
+                f"{self.name}: write_ao() at least one frame before "
+                "start_scan() (non-regenerating AO starts from its buffer)"
+            )
         try:
             self._ai_task.start()  # armed: waits for the AO start trigger
             try:
@@ -389,18 +416,25 @@ class NIDAQ(ScanDAQ):
         config = self._scan_config
         if not self._scan_running or reader is None or config is None:
             raise DeviceStateError(f"{self.name}: the scan is not running; start_scan() first")
-        if (not isinstance(out, np.ndarray) or out.dtype != np.int16 or out.ndim != 2
-                or out.shape[0] != len(config.ai_channels) or out.shape[1] < 1
-                or not out.flags.c_contiguous):
+        if (
+            not isinstance(out, np.ndarray)
+            or out.dtype != np.int16
+            or out.ndim != 2
+            or out.shape[0] != len(config.ai_channels)
+            or out.shape[1] < 1
+            or not out.flags.c_contiguous
+        ):
             raise ValueError(
                 f"out must be a C-contiguous int16 array of shape ({len(config.ai_channels)}, n); "
                 f"got {getattr(out, 'dtype', type(out).__name__)} "
-                f"{getattr(out, 'shape', '')}")
+                f"{getattr(out, 'shape', '')}"
+            )
         n = out.shape[1]
         first = self._ai_samples_read
         try:
-            reader.read_int16(out, number_of_samples_per_channel=n,
-                              timeout=n / config.ai_rate_hz + self.timeout_s)
+            reader.read_int16(
+                out, number_of_samples_per_channel=n, timeout=n / config.ai_rate_hz + self.timeout_s
+            )
         except self._nx.errors.DaqError as exc:
             raise self._translate(exc, f"reading {n} AI samples") from exc
         self._ai_samples_read = first + n
@@ -421,27 +455,42 @@ class NIDAQ(ScanDAQ):
         self.require_open()
         config = self._scan_config
         if config is None:
-            raise DeviceStateError(f"{self.name}: configure_scan() first (park needs the galvo "
-                                   "AO channels)")
+            raise DeviceStateError(
+                f"{self.name}: configure_scan() first (park needs the galvo AO channels)"
+            )
         volts_v = np.asarray(volts, dtype=np.float64).reshape(-1)
         if volts_v.size != len(config.ao_channels):
-            raise ValueError(f"park volts = {tuple(volts)} must give one value per scan AO "
-                             f"channel {config.ao_channels}")
-        self._check_volts(volts_v.reshape(-1, 1), config.ao_channels, config.ao_range_v,
-                          np.empty(volts_v.size), np.empty(volts_v.size), "park")
+            raise ValueError(
+                f"park volts = {tuple(volts)} must give one value per scan AO "
+                f"channel {config.ao_channels}"
+            )
+        self._check_volts(
+            volts_v.reshape(-1, 1),
+            config.ao_channels,
+            config.ao_range_v,
+            np.empty(volts_v.size),
+            np.empty(volts_v.size),
+            "park",
+        )
         self.stop_scan()
-        self._write_on_demand([self._physical(ch) for ch in config.ao_channels],
-                              config.ao_range_v, volts_v, "parking the galvos")
+        self._write_on_demand(
+            [self._physical(ch) for ch in config.ao_channels],
+            config.ao_range_v,
+            volts_v,
+            "parking the galvos",
+        )
 
     def write_static_ao(self, channel: str, volts: float, range_v: float = 10.0) -> None:
         """One on-demand write of a constant voltage (focus piezo, shutter); the output
         holds it after the short task is cleared. Checked against range_v before writing."""
         self.require_open()
         value = np.array([float(volts)])
-        self._check_volts(value.reshape(1, 1), (channel,), range_v, np.empty(1), np.empty(1),
-                          "static")
-        self._write_on_demand([self._physical(channel)], range_v, value,
-                              f"writing {volts:g} V to {channel}")
+        self._check_volts(
+            value.reshape(1, 1), (channel,), range_v, np.empty(1), np.empty(1), "static"
+        )
+        self._write_on_demand(
+            [self._physical(channel)], range_v, value, f"writing {volts:g} V to {channel}"
+        )
 
     @property
     def ai_volts_per_count(self) -> float:
@@ -475,9 +524,9 @@ class NIDAQ(ScanDAQ):
             task = nx.Task()
             for ch in config.channels:
                 task.ao_channels.add_ao_voltage_chan(
-                    self._physical(ch), min_val=-config.range_v, max_val=config.range_v)
-            writer = nx.stream_writers.AnalogMultiChannelWriter(task.out_stream,
-                                                                auto_start=False)
+                    self._physical(ch), min_val=-config.range_v, max_val=config.range_v
+                )
+            writer = nx.stream_writers.AnalogMultiChannelWriter(task.out_stream, auto_start=False)
         except nx.errors.DaqError as exc:
             if task is not None:
                 task.close()
@@ -507,21 +556,41 @@ class NIDAQ(ScanDAQ):
     def _write_pulses(self, waveform_v: np.ndarray) -> float:
         config = self._require_pulses()
         n_ch = len(config.channels)
-        if (not isinstance(waveform_v, np.ndarray) or waveform_v.ndim != 2
-                or waveform_v.shape[0] != n_ch or waveform_v.shape[1] < 2):
+        if (
+            not isinstance(waveform_v, np.ndarray)
+            or waveform_v.ndim != 2
+            or waveform_v.shape[0] != n_ch
+            or waveform_v.shape[1] < 2
+        ):
             shape = getattr(waveform_v, "shape", type(waveform_v).__name__)
-            raise ValueError(f"waveform_v has shape {shape}; expected ({n_ch}, n) with n >= 2 "
-                             f"(one row per pulse channel {config.channels})")
-        self._check_volts(waveform_v, config.channels, config.range_v,
-                          self._pulse_max_v, self._pulse_min_v, "pulse")
+            raise ValueError(
+                f"waveform_v has shape {shape}; expected ({n_ch}, n) with n >= 2 "
+                f"(one row per pulse channel {config.channels})"
+            )
+        self._check_volts(
+            waveform_v,
+            config.channels,
+            config.range_v,
+            self._pulse_max_v,
+            self._pulse_min_v,
+            "pulse",
+        )
         task = self._pulse_task
         try:
             if self._pulse_started and not task.is_task_done():
-                raise DeviceStateError(f"{self.name}: the previous pulse is still playing; "
-                                       "wait for it or call zero_pulses()")
+                raise DeviceStateError(
+                    f"{self.name}: the previous pulse is still playing; "
+                    "wait for it or call zero_pulses()"
+                )
             self._play_pulse(np.ascontiguousarray(waveform_v, dtype=np.float64))
         except self._nx.errors.DaqError as exc:
             raise self._translate(exc, "emitting a pulse") from exc
+        return self.scan_time_s
+
+    @property
+    def scan_time_s(self) -> float:
+        """Samples read so far / AI rate, plus the host time elapsed since that read (NI
+        on-demand tasks give no hardware timestamp); NaN before the first read."""
         host_now = time.perf_counter()
         mark = self._read_mark
         rate = self._ai_rate_actual_hz
@@ -553,8 +622,10 @@ class NIDAQ(ScanDAQ):
         self._pulse_started = False
         if n != self._pulse_samples_configured:
             task.timing.cfg_samp_clk_timing(
-                config.rate_hz, sample_mode=self._nx.constants.AcquisitionType.FINITE,
-                samps_per_chan=n)
+                config.rate_hz,
+                sample_mode=self._nx.constants.AcquisitionType.FINITE,
+                samps_per_chan=n,
+            )
             self._pulse_samples_configured = n
         self._pulse_writer.write_many_sample(data, timeout=self.timeout_s)
         task.start()
@@ -572,16 +643,16 @@ class NIDAQ(ScanDAQ):
         except self._nx.errors.DaqError as exc:
             raise self._translate(exc, "driving the pulse outputs to 0 V") from exc
 
-    def _write_on_demand(self, channels: list[str], range_v: float, volts_v: np.ndarray,
-                         action: str) -> None:
+    def _write_on_demand(
+        self, channels: list[str], range_v: float, volts_v: np.ndarray, action: str
+    ) -> None:
         nx = self._nx
         task = None
         try:
             task = nx.Task()
             for ch in channels:
                 task.ao_channels.add_ao_voltage_chan(ch, min_val=-range_v, max_val=range_v)
-            writer = nx.stream_writers.AnalogMultiChannelWriter(task.out_stream,
-                                                                auto_start=True)
+            writer = nx.stream_writers.AnalogMultiChannelWriter(task.out_stream, auto_start=True)
             writer.write_one_sample(volts_v, timeout=self.timeout_s)
         except nx.errors.DaqError as exc:
             raise self._translate(exc, action) from exc
@@ -642,43 +713,54 @@ class NIDAQ(ScanDAQ):
         if self.park_v is None:
             return (0.0,) * n
         if len(self.park_v) != n:
-            raise ValueError(f"park_v = {self.park_v} must give one value per scan AO channel "
-                             f"{config.ao_channels}")
+            raise ValueError(
+                f"park_v = {self.park_v} must give one value per scan AO channel "
+                f"{config.ao_channels}"
+            )
         for ch, v in zip(config.ao_channels, self.park_v):
             if not abs(v) <= config.ao_range_v:
-                raise LimitError(f"park_v for {ch} = {v:g} V is outside the AO range "
-                                 f"[-{config.ao_range_v:g}, {config.ao_range_v:g}] V")
+                raise LimitError(
+                    f"park_v for {ch} = {v:g} V is outside the AO range "
+                    f"[-{config.ao_range_v:g}, {config.ao_range_v:g}] V"
+                )
         return self.park_v
 
     def _check_scan_config(self, config: ScanTaskConfig) -> None:
         if not config.ao_channels or not config.ai_channels:
-            raise ValueError("ScanTaskConfig needs at least one AO (galvo) and one AI (PMT) "
-                             f"channel; got ao={config.ao_channels}, ai={config.ai_channels}")
+            raise ValueError(
+                "ScanTaskConfig needs at least one AO (galvo) and one AI (PMT) "
+                f"channel; got ao={config.ao_channels}, ai={config.ai_channels}"
+            )
         for ch in (*config.ao_channels, *config.ai_channels):
             if "/" in ch and ch.split("/")[0] != self.device:
-                raise ValueError(f"scan channel {ch!r} is not on {self.device!r}: AO and AI "
-                                 "must share one board (one timebase, one start trigger)")
+                raise ValueError(
+                    f"scan channel {ch!r} is not on {self.device!r}: AO and AI "
+                    "must share one board (one timebase, one start trigger)"
+                )
         if not (math.isfinite(config.ao_rate_hz) and config.ao_rate_hz > 0):
             raise ValueError(f"ao_rate_hz = {config.ao_rate_hz!r} must be > 0 Hz")
         if not (isinstance(config.ai_oversample, int) and config.ai_oversample >= 1):
             raise ValueError(f"ai_oversample = {config.ai_oversample!r} must be an integer >= 1")
         if not (isinstance(config.ao_samples_per_frame, int) and config.ao_samples_per_frame >= 2):
-            raise ValueError(f"ao_samples_per_frame = {config.ao_samples_per_frame!r} must be "
-                             "an integer >= 2")
+            raise ValueError(
+                f"ao_samples_per_frame = {config.ao_samples_per_frame!r} must be an integer >= 2"
+            )
         for label, value in (("ao_range_v", config.ao_range_v), ("ai_range_v", config.ai_range_v)):
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{label} = {value!r} must be > 0 V")
 
-    def _check_coerced_rates(self, config: ScanTaskConfig, ao_actual_hz: float,
-                             ai_actual_hz: float, timebase_hz: float) -> None:
+    def _check_coerced_rates(
+        self, config: ScanTaskConfig, ao_actual_hz: float, ai_actual_hz: float, timebase_hz: float
+    ) -> None:
         """AI sample j <-> AO sample j // k holds only if the board runs exactly the rates asked.
 
         The board derives each sample clock as timebase / integer divisor and silently
         coerces other rates, so the requested AI rate must divide the timebase exactly.
         """
         k = config.ai_oversample
-        exact = (math.isclose(ao_actual_hz, config.ao_rate_hz, rel_tol=1e-9)
-                 and math.isclose(ai_actual_hz, k * ao_actual_hz, rel_tol=1e-9))
+        exact = math.isclose(ao_actual_hz, config.ao_rate_hz, rel_tol=1e-9) and math.isclose(
+            ai_actual_hz, k * ao_actual_hz, rel_tol=1e-9
+        )
         if exact:
             return
         divisor = max(1, round(timebase_hz / (k * config.ao_rate_hz)))
@@ -687,7 +769,8 @@ class NIDAQ(ScanDAQ):
             f"ao_rate_hz = {config.ao_rate_hz:g} with ai_oversample = {k} is not reachable "
             f"exactly: the board ran AO at {ao_actual_hz:g} Hz and AI at {ai_actual_hz:g} Hz "
             f"(timebase {timebase_hz:g} Hz / integer). Choose ao_rate_hz so that "
-            f"timebase / (ai_oversample * ao_rate_hz) is an integer, e.g. {nearest_hz:g} Hz")
+            f"timebase / (ai_oversample * ao_rate_hz) is an integer, e.g. {nearest_hz:g} Hz"
+        )
 
     def _read_volts_per_count(self, chan: Any) -> float:
         try:
@@ -699,8 +782,14 @@ class NIDAQ(ScanDAQ):
         return float(chan.ai_rng_high) / 2.0 ** (float(chan.ai_resolution) - 1.0)
 
     @staticmethod
-    def _check_volts(data: np.ndarray, channels: tuple[str, ...], range_v: float,
-                     max_out: np.ndarray, min_out: np.ndarray, what: str) -> None:
+    def _check_volts(
+        data: np.ndarray,
+        channels: tuple[str, ...],
+        range_v: float,
+        max_out: np.ndarray,
+        min_out: np.ndarray,
+        what: str,
+    ) -> None:
         """LimitError naming the channel and its largest |V| if any sample is outside
         +-range_v or not finite; reductions into preallocated (n_channels,) arrays."""
         np.max(data, axis=1, out=max_out)
@@ -711,12 +800,16 @@ class NIDAQ(ScanDAQ):
                 worst = max(abs(hi), abs(lo)) if math.isfinite(hi + lo) else math.nan
                 raise LimitError(
                     f"{what} waveform on channel {ch}: max |V| = {worst:g} V is outside the "
-                    f"allowed range [-{range_v:g}, {range_v:g}] V (nothing was written)")
+                    f"allowed range [-{range_v:g}, {range_v:g}] V (nothing was written)"
+                )
 
     def _is_invalid_task(self, exc: BaseException | None) -> bool:
         errors = getattr(self._nx, "errors", None)
-        return (errors is not None and isinstance(exc, errors.DaqError)
-                and exc.error_code == NI_INVALID_TASK)
+        return (
+            errors is not None
+            and isinstance(exc, errors.DaqError)
+            and exc.error_code == NI_INVALID_TASK
+        )
 
     def _translate(self, exc: Any, action: str) -> DeviceError:
         """Map an nidaqmx DaqError to this package's error tree, keeping NI's message."""
@@ -726,22 +819,28 @@ class NIDAQ(ScanDAQ):
             return DeviceTimeout(
                 f"{where}: samples did not arrive within the timeout (timeout_s = "
                 f"{self.timeout_s:g} s beyond the acquisition time). Is the scan started and "
-                f"the AO start trigger reaching AI? [NI-DAQmx {code}]")
+                f"the AO start trigger reaching AI? [NI-DAQmx {code}]"
+            )
         if code == NI_SAMPLES_CAN_NOT_YET_BE_WRITTEN:
-            return DeviceTimeout(f"{where}: the output buffer stayed full past the timeout "
-                                 f"(is the task started?) [NI-DAQmx {code}]")
+            return DeviceTimeout(
+                f"{where}: the output buffer stayed full past the timeout "
+                f"(is the task started?) [NI-DAQmx {code}]"
+            )
         if code == NI_SAMPLES_NO_LONGER_AVAILABLE:
             return DeviceError(
                 f"{where}: AI samples were lost (the input buffer overflowed before they were "
-                f"read): read every frame, or lower the rate [NI-DAQmx {code}]")
+                f"read): read every frame, or lower the rate [NI-DAQmx {code}]"
+            )
         if code in NI_AO_UNDERFLOW_CODES:
             return DeviceError(
                 f"{where}: AO underflow: the next galvo frame was not written in time, so the "
-                f"board stopped rather than repeat old samples [NI-DAQmx {code}]")
+                f"board stopped rather than repeat old samples [NI-DAQmx {code}]"
+            )
         if code == NI_RESOURCE_RESERVED:
             return DeviceError(
                 f"{where}: the channel or the board's AO timing engine is reserved by another "
                 "task (most NI boards allow one hardware-timed AO task per device: put pulse "
                 "channels on another device, e.g. 'Dev2/ao0', or stop the scan first). "
-                f"NI-DAQmx {code}: {exc}")
+                f"NI-DAQmx {code}: {exc}"
+            )
         return DeviceError(f"{where} failed: NI-DAQmx {code}: {exc}")

@@ -102,7 +102,7 @@ class LightStimulator(Stimulator):
         self.channels = tuple(channels)
         self.limits = limits
         self.calibration = calibration
-        self._recent: deque[tuple[float, float]] = deque()  # (host time, energy mJ)
+        self._recent: deque[tuple[float, float]] = deque()  # (clock time s, energy mJ)
         self._lock = threading.Lock()
         self.delivered = 0
         if limits.max_power_mw / calibration.mw_per_volt > calibration.range_v:
@@ -159,10 +159,15 @@ class LightStimulator(Stimulator):
         stim = self.validate(stimulus)
         now = time.monotonic()
         with self._lock:
-            self._check_mean_power(stim, now)
+            # light is delivered on the scan clock (which runs faster than the wall clock in a
+            # max-speed simulation); the host clock only stands in before a scan starts
+            clock_now = self.daq.scan_time_s
+            if not np.isfinite(clock_now):
+                clock_now = now
+            self._check_mean_power(stim, clock_now)
             waveform = self.waveform(stim)
             device_time = self.daq.write_pulses(waveform)
-            self._recent.append((now, stim.energy_mj))
+            self._recent.append((clock_now, stim.energy_mj))
             self.delivered += 1
         return StimulusRecord(
             host_time_s=now,
