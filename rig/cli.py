@@ -191,7 +191,7 @@ def _protocols() -> int:
 
     for name in available_protocols():
         cls = load_protocol_class(name)
-        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        doc = (cls.__doc__ or "").strip().splitlines()
         print(f"{name}: {doc[0] if doc else ''}")
         for p in cls.describe():
             print(f"    {p['name']} = {p['default']!r}  {p['range']}  {p['help']}")

@@ -253,6 +253,8 @@ def load_protocol_class(spec: str) -> type[Protocol]:
             f"protocol file {path} must define exactly one Protocol subclass, found {len(classes)}"
         )
     cls = classes[0]
+    if not cls.__doc__ and module.__doc__:
+        cls.__doc__ = module.__doc__
     if not cls.name:
         cls.name = path.stem
     cls.source_file = str(path)  # type: ignore[attr-defined]

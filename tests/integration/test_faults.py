@@ -122,3 +122,10 @@ def test_config_show_lists_keys_with_units(capsys):
     out = capsys.readouterr().out
     assert "scanner.pixels_per_line" in out and "sample_rate_hz" in out and "Hz" in out
     assert "world.coupling.weight_hz" in out
+
+
+def test_protocols_command_lists_each_protocol_with_parameters(capsys):
+    assert main(["protocols"]) == 0
+    out = capsys.readouterr().out
+    assert "target_pattern:" in out and "open_loop_train:" in out
+    assert "stim_rate_hz = 0.25  [0.01, 10] Hz" in out
