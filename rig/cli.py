@@ -13,6 +13,12 @@ missing NI driver) exits with status 2 and a one-paragraph message saying what t
 
 from __future__ import annotations
 
+import os
+
+# One BLAS thread: the loop's per-frame matrix products are small, and waking BLAS threads on
+# a 2-core machine costs milliseconds (measured in rig bench rg). Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import importlib
 import json
@@ -39,7 +45,7 @@ def _add_rig_args(p: argparse.ArgumentParser) -> None:
 
 #: modules that add subcommands: each defines register(subparsers), whose parsers call
 #: set_defaults(handler=function) with function(args) -> exit status
-EXTENSIONS: tuple[str, ...] = ("rig.cli_sweep",)
+EXTENSIONS: tuple[str, ...] = ("rig.cli_sweep", "rig.cli_analyze", "rig.cli_lens")
 
 
 def build_parser() -> argparse.ArgumentParser:

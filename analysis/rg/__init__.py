@@ -1,0 +1,1 @@
+"""Phenomenological renormalization group: coarse-graining and scaling (science.md section 4)."""
