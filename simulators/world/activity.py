@@ -133,10 +133,11 @@ class ActivityEngine:
         self._rand_row = 0
 
     def run(self, n_steps: int, fluor_out: np.ndarray, neuropil_rel_out: np.ndarray,
-            out_row: int = 0) -> None:
+            out_row: int = 0, speed_out: np.ndarray | None = None) -> None:
         """Advance n_steps; relative fluorescence of step s goes to fluor_out[out_row + s]
-        (float32, shape (rows, n_cells)) and the neuropil's relative brightness to
-        neuropil_rel_out[out_row + s]."""
+        (float32, shape (rows, n_cells)), the neuropil's relative brightness to
+        neuropil_rel_out[out_row + s] and, if given, the animal's speed to
+        speed_out[out_row + s]."""
         if n_steps < 0 or out_row < 0 or out_row + n_steps > fluor_out.shape[0]:
             raise ValueError(f"n_steps = {n_steps} at out_row = {out_row} does not fit "
                              f"fluor_out with {fluor_out.shape[0]} rows")
@@ -149,6 +150,8 @@ class ActivityEngine:
             k = self.steps_done
             self.animal.advance(k, m, self._animal_normals, self._animal_uniforms,
                                 self._rand_row)
+            if speed_out is not None:
+                speed_out[out_row:out_row + m] = self.animal.speed_m_per_s[:m]
             if self.model == MODEL_LATENT:
                 latent_field_steps(m, self._field_normals, self._rand_row, self.fields,
                                    self.latent_decay, self._fields_per_step)

@@ -320,6 +320,48 @@ class CouplingConfig(_Section):
 
 
 @dataclass(frozen=True)
+class MotionConfig(_Section):
+    """Rigid in-plane brain motion of the head-fixed, running mouse (model: world/motion.py).
+
+    Imaging in running mice shows in-plane brain displacements of a few micrometres that grow
+    with locomotion (Dombeck et al., Neuron 2007), up to ~10 um in the worst frames. The brain
+    follows the animal's speed with a lag (`response_tau_s`): at `reference_speed_m_per_s`
+    (the animal's mean running speed by default) it is pushed by `run_shift_um` along a
+    direction drawn from the seed, plus a stride-locked oscillation of amplitude
+    `stride_shift_um` per axis at `stride_frequency_hz` (mouse stride rates are a few Hz), both
+    proportional to the low-passed speed. The tissue also settles slowly by `drift_um` with
+    time constant `drift_tau_s` in another seeded direction. The total is clipped to
+    `max_shift_um`. `enabled` false keeps the specimen still.
+    """
+
+    _section: ClassVar[str] = "motion"
+
+    enabled: bool = False
+    run_shift_um: float = 5.0
+    reference_speed_m_per_s: float = 0.25
+    response_tau_s: float = 0.3
+    stride_shift_um: float = 1.5
+    stride_frequency_hz: float = 3.0
+    drift_um: float = 3.0
+    drift_tau_s: float = 600.0
+    max_shift_um: float = 10.0
+
+    def __post_init__(self) -> None:
+        s = self._section
+        if not isinstance(self.enabled, bool):
+            raise WorldConfigError(f"motion.enabled = {self.enabled!r} must be true or false")
+        _check(s, "run_shift_um", self.run_shift_um, 0.0, 100.0, "um")
+        _check(s, "reference_speed_m_per_s", self.reference_speed_m_per_s, 0.0, 10.0, "m/s",
+               low_open=True)
+        _check(s, "response_tau_s", self.response_tau_s, 0.0, 100.0, "s", low_open=True)
+        _check(s, "stride_shift_um", self.stride_shift_um, 0.0, 100.0, "um")
+        _check(s, "stride_frequency_hz", self.stride_frequency_hz, 0.0, 100.0, "Hz")
+        _check(s, "drift_um", self.drift_um, 0.0, 100.0, "um")
+        _check(s, "drift_tau_s", self.drift_tau_s, 0.0, 1e6, "s", low_open=True)
+        _check(s, "max_shift_um", self.max_shift_um, 0.0, 100.0, "um", low_open=True)
+
+
+@dataclass(frozen=True)
 class WorldConfig(_Section):
     """The specimen, its optics and photon budget, and the nested model sections.
 
@@ -368,6 +410,7 @@ class WorldConfig(_Section):
     animal: AnimalConfig = field(default_factory=AnimalConfig)
     stimulation: StimulationConfig = field(default_factory=StimulationConfig)
     coupling: CouplingConfig = field(default_factory=CouplingConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
 
     _sections: ClassVar[dict[str, type]] = {
         "indicator": IndicatorConfig,
@@ -375,6 +418,7 @@ class WorldConfig(_Section):
         "animal": AnimalConfig,
         "stimulation": StimulationConfig,
         "coupling": CouplingConfig,
+        "motion": MotionConfig,
     }
 
     def __post_init__(self) -> None:

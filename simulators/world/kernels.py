@@ -283,6 +283,7 @@ def sample_photon_counts(x_um: np.ndarray, y_um: np.ndarray, j_start: int, t0_s:
                          x0_um: float, y0_um: float, inv_resolution: float, nx: int, ny: int,
                          label: np.ndarray, weight: np.ndarray, neuropil: np.ndarray,
                          cell_mu: np.ndarray, fluor: np.ndarray, neuropil_rel: np.ndarray,
+                         motion_x_um: np.ndarray, motion_y_um: np.ndarray,
                          neuropil_mu: float, dark_mu: float, gaps: np.ndarray,
                          state: np.ndarray, out: np.ndarray) -> int:
     """Photon counts of consecutive PMT samples as an inhomogeneous Poisson process.
@@ -290,7 +291,9 @@ def sample_photon_counts(x_um: np.ndarray, y_um: np.ndarray, j_start: int, t0_s:
     Sample j at time t0 + j dt belongs to activity step floor((t0 + j dt) / step) and row
     step - base_step of fluor/neuropil_rel. Its expected count is
         mu_j = cell_mu[c] F[row, c] weight[p] + neuropil_mu neuropil[p] Np[row] + dark_mu
-    (c = label of the beam's pixel p; only dark_mu off the grid). Photons are the points where
+    (c = label of the beam's pixel p; only dark_mu off the grid). The specimen is displaced by
+    (motion_x_um[row], motion_y_um[row]) (brain motion), so the beam at (x, y) sees the specimen
+    point (x - motion_x, y - motion_y). Photons are the points where
     the cumulative expected count crosses the running sum of Exp(1) gaps: the count in a
     sample is Poisson(mu_j) and counts of different samples are independent, while the work
     per sample is one lookup plus work per photon. Returns the index of the first sample not
@@ -317,8 +320,8 @@ def sample_photon_counts(x_um: np.ndarray, y_um: np.ndarray, j_start: int, t0_s:
             if row >= n_rows:
                 break
             mu = dark_mu
-            fx = (x_um[j] - x0_um) * inv_resolution
-            fy = (y_um[j] - y0_um) * inv_resolution
+            fx = (x_um[j] - motion_x_um[row] - x0_um) * inv_resolution
+            fy = (y_um[j] - motion_y_um[row] - y0_um) * inv_resolution
             if fx >= 0.0 and fx < nx and fy >= 0.0 and fy < ny:
                 p = int(fy) * nx + int(fx)
                 mu += neuropil_mu * neuropil[p] * neuropil_rel[row]

@@ -7,8 +7,14 @@ world keeps a virtual clock (steps of config.dt_s), is deterministic for a seed,
 ground truth (`ground_truth`) for tests and reports - never for the processing pipeline.
 
 Random streams: the seed's SeedSequence spawns independent streams for the specimen, the
-activity (incl. the animal), the photons and the neuropil texture, so e.g. the laser power
-or the scan pattern never changes which spikes happen.
+activity (incl. the animal), the photons, the neuropil texture and the brain motion, so e.g.
+the laser power or the scan pattern never changes which spikes happen.
+
+Brain motion (config.motion, model in motion.py): when enabled, the specimen is displaced
+in-plane by d(t), a function of virtual time and of the animal's speed, computed per activity
+step; every PMT sample sees the specimen point (beam - d) of its own step, and a
+photostimulation spot at p reaches the cells at p - d (d at the step the stimulation is
+queued in). The ground truth holds the displacement trace.
 
 Threads: `sample_photons`, `advance_to` and `set_focus_z_um` run under one lock (the kernels
 release the GIL). `stimulate_spots` only queues the stimulation under a second small lock, so
@@ -37,6 +43,7 @@ from simulators.world.kernels import (
     PHOTON_PENDING_MU,
     sample_photon_counts,
 )
+from simulators.world.motion import BrainMotion
 from simulators.world.specimen import PlaneMaps, Specimen
 
 CHUNK_STEPS = 16
@@ -68,6 +75,8 @@ class GroundTruth:
     grid_shape).
     Animal: animal_times_s, animal_position_m, animal_speed_m_per_s (every
     animal.trace_interval_s), reward_times_s.
+    Brain motion: motion_times_s and motion_um (n, 2) as (x, y), the specimen's displacement
+    every animal.trace_interval_s (empty when motion is disabled); image content moves by +d.
     """
 
     t_s: float
@@ -92,6 +101,8 @@ class GroundTruth:
     animal_position_m: np.ndarray
     animal_speed_m_per_s: np.ndarray
     reward_times_s: np.ndarray
+    motion_times_s: np.ndarray
+    motion_um: np.ndarray
     indicator: Indicator = field(repr=False)
 
     @property
@@ -127,8 +138,8 @@ class World:
             raise ValueError(f"seed = {seed!r} must be a non-negative integer")
         self.config = config
         self.seed = int(seed)
-        specimen_seed, activity_seed, photon_seed, neuropil_seed = \
-            np.random.SeedSequence(self.seed).spawn(4)
+        specimen_seed, activity_seed, photon_seed, neuropil_seed, motion_seed = \
+            np.random.SeedSequence(self.seed).spawn(5)
         self.specimen = Specimen(config, np.random.default_rng(specimen_seed), neuropil_seed)
         self.n_cells: int = self.specimen.n_cells
         self.activity = ActivityEngine(config, self.n_cells, self.specimen.sensory_cells,
@@ -146,6 +157,14 @@ class World:
         # fluorescence of the steps of the current chunk; row 0 = the last step before it
         self._fluor = np.ones((CHUNK_STEPS + 1, self.n_cells), dtype=np.float32)
         self._neuropil_rel = np.ones(CHUNK_STEPS + 1)
+        # brain motion: the animal's speed and the displacement (um) of the same steps
+        self.motion = BrainMotion.from_config(config.motion, config.dt_s,
+                                              np.random.default_rng(motion_seed),
+                                              config.animal.trace_interval_s)
+        self._motion_enabled = config.motion.enabled
+        self._speed = np.zeros(CHUNK_STEPS + 1)
+        self._motion_x_um = np.zeros(CHUNK_STEPS + 1)
+        self._motion_y_um = np.zeros(CHUNK_STEPS + 1)
         self._last_row = 0
         self._sampled_until_s = 0.0
 
@@ -183,8 +202,14 @@ class World:
         if self._last_row:
             self._fluor[0] = self._fluor[self._last_row]
             self._neuropil_rel[0] = self._neuropil_rel[self._last_row]
+            self._motion_x_um[0] = self._motion_x_um[self._last_row]
+            self._motion_y_um[0] = self._motion_y_um[self._last_row]
         m = self._apply_stimulation(min(max_steps, CHUNK_STEPS))
-        self.activity.run(m, self._fluor, self._neuropil_rel, out_row=1)
+        first_step = self.activity.steps_done
+        self.activity.run(m, self._fluor, self._neuropil_rel, out_row=1, speed_out=self._speed)
+        if self._motion_enabled:
+            self.motion.advance(first_step, self._speed[1:m + 1], self._motion_x_um[1:m + 1],
+                                self._motion_y_um[1:m + 1])
         self._last_row = m
         return m
 
@@ -286,7 +311,8 @@ class World:
                     x, y, j, t0_s, dt_s, self._inv_step_s, base_step, n_rows,
                     plane.x0_um, plane.y0_um, 1.0 / plane.resolution_um, nx, ny,
                     self._flat_label, self._flat_weight, self._flat_neuropil, self._cell_mu,
-                    self._fluor, self._neuropil_rel, neuropil_mu, dark_mu, self._gaps,
+                    self._fluor, self._neuropil_rel, self._motion_x_um, self._motion_y_um,
+                    neuropil_mu, dark_mu, self._gaps,
                     self._photon_state, out)
                 if self._photon_state[PHOTON_PENDING_MU] >= 0.0:
                     self._photon_rng.standard_exponential(out=self._gaps)
@@ -321,6 +347,14 @@ class World:
             raise ValueError(f"duration_s = {duration_s!r} must be finite and > 0")
 
         z_um = self._focus_z_um
+        if self._motion_enabled:
+            # the spots reach the specimen where it is now (read without the sampling lock, so
+            # stimulation never waits for a sampling call: at worst the displacement of an
+            # adjacent step); rounded to 0.1 um, far below a soma, so repeated spots still hit
+            # the excitation cache
+            displacement = np.array([self._motion_x_um[self._last_row],
+                                     self._motion_y_um[self._last_row]])
+            xy = xy - np.round(displacement, 1)
         cells, driven_excitation = self._spot_excitation(xy, radius_um, power_mw, z_um)
 
         latency = stim.latency_s
@@ -404,6 +438,7 @@ class World:
             act = self.activity
             cells, steps = act.spikes.arrays()
             times, position, speed = act.animal.trace()
+            motion_times, motion_um = self.motion.trace()
             with self._stim_lock:
                 stimulations = [dict(r, driven_cells=r["driven_cells"].copy())
                                 for r in self._stimulation_records]
@@ -420,4 +455,5 @@ class World:
                 grid_x0_um=plane.x0_um, grid_y0_um=plane.y0_um,
                 grid_resolution_um=plane.resolution_um, grid_shape=plane.shape,
                 animal_times_s=times, animal_position_m=position, animal_speed_m_per_s=speed,
-                reward_times_s=act.animal.reward_times_s(), indicator=act.indicator)
+                reward_times_s=act.animal.reward_times_s(), motion_times_s=motion_times,
+                motion_um=motion_um, indicator=act.indicator)
