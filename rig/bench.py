@@ -34,7 +34,7 @@ def benchmark(name: str) -> Callable:
 
 
 #: modules that register more benchmarks with @benchmark when imported
-EXTENSIONS: tuple[str, ...] = ("rig.bench_rg", "rig.bench_lens")
+EXTENSIONS: tuple[str, ...] = ("rig.bench_rg", "rig.bench_lens", "rig.bench_mea")
 
 
 def run_benchmark(name: str, quick: bool = False) -> dict[str, float]:
