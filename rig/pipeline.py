@@ -1,15 +1,26 @@
 """The online processing pipeline: explicit stages run by the processing thread per frame.
 
-Stages of the rig core:
+Stages, in order (names as in config, summary.json `stage_ms_median` and session.h5
+`timing/stage_ms`):
 
-1. `rois`        - collects the reference period (or loads an ROI file at setup), builds the
-                   mean image and detects ROIs once; until then later stages are idle.
-2. `extract`     - weighted mean fluorescence per ROI (numba, no allocation).
-3. `dff`         - causal dF/F against a running percentile baseline (trailing window).
-4. `noise_level` - CASCADE noise level per ROI over a trailing window, updated per frame.
+1. `motion`        rigid subpixel phase correlation against a reference built from the
+                   reference period (analysis.motion); the shift is applied by reading ROI
+                   pixels at the shifted position, never by moving the frame. Frames that
+                   cannot be registered are flagged (events.jsonl) and give NaN traces.
+2. `rois`          collects the reference period (or uses an ROI file / suite2p output),
+                   builds the mean image (motion-corrected) and detects ROIs once.
+3. `extract`       weighted mean fluorescence per ROI (numba, no allocation).
+4. `neuropil`      square-ring neuropil means; F_corrected = F - r F_neuropil (r = 0.7).
+5. `dff`           causal dF/F against a running percentile baseline (trailing window).
+6. `noise_level`   CASCADE noise level per ROI over a trailing window.
+7. `deconvolution` online OASIS AR(1) per ROI, s_min from the noise level: denoised calcium
+                   and spike estimates with exact zeros.
+8. `rg`            incremental coarse-graining of the chosen signal (analysis.rg), re-paired
+                   on a schedule, observables published for the GUI.
 
-Each stage's time is measured per frame (`stage_ms`). State is allocated once, when the ROIs
-are known (the only allocation after start, logged as an event).
+Each stage can be switched off in the rig config (`motion.enabled`, ...), except `rois`,
+`extract` and `dff`. Each stage's time is measured per frame (`stage_ms`). State is allocated
+once, when the ROIs are known (logged as an event).
 """
 
 from __future__ import annotations
@@ -21,10 +32,23 @@ from typing import Any, Callable
 
 import numpy as np
 
+from analysis import motion as motion_numerics
+from analysis.deconvolution import OnlineOasis, ar1_decay_factor
 from analysis.dff import OnlineDff
+from analysis.neuropil import Neuropil
 from analysis.noise import OnlineNoiseLevel
-from analysis.rois import RoiSet, detect_rois, extract, load_roi_file
+from analysis.roi_import import import_rois
+from analysis.rois import RoiSet, detect_rois, extract
 from rig.ring import FrameRing
+
+STAGES = ("motion", "rois", "extract", "neuropil", "dff", "noise_level", "deconvolution", "rg")
+MOTION_STATUS_TEXT = {
+    motion_numerics.OK: "ok",
+    motion_numerics.NONFINITE: "frame has NaN or inf values",
+    motion_numerics.FLAT: "frame is flat (all equal: dark or saturated)",
+    motion_numerics.AT_LIMIT: "shift at the search limit",
+    motion_numerics.NO_MATCH: "no match with the reference",
+}
 
 
 @dataclass(frozen=True)
@@ -40,21 +64,48 @@ class PipelineSettings:
     percentile: float = 8.0
     noise_window_s: float = 30.0
     history_s: float = 20.0
+    motion: bool = False
+    motion_max_shift_um: float = 15.0
+    motion_registration_px: int = 256
+    neuropil: bool = False
+    neuropil_coefficient: float = 0.7
+    noise: bool = True
+    deconvolution: bool = False
+    decay_tau_s: float = 0.2
+    s_min_sds: float = 3.0
+    spike_lag_s: float = 0.2
+    rg: bool = False
+    rg_signal: str = "spikes"
+    rg_repair_every_s: float = 30.0
+    rg_publish_every_s: float = 2.0
 
     @property
     def reference_frames(self) -> int:
         return max(20, int(math.ceil(self.reference_s * self.frame_rate_hz)))
 
-
-STAGES = ("rois", "extract", "dff", "noise_level")
+    def check(self) -> None:
+        if self.deconvolution and not self.noise:
+            raise ValueError(
+                "deconvolution.enabled needs noise.enabled: s_min comes from the noise level"
+            )
+        if self.rg and self.rg_signal in ("spikes", "calcium") and not self.deconvolution:
+            raise ValueError(
+                f"rg.signal = {self.rg_signal!r} needs deconvolution.enabled "
+                '(or set rg.signal = "dff")'
+            )
 
 
 class Pipeline:
     def __init__(
-        self, settings: PipelineSettings, post_event: Callable[[dict[str, Any]], None]
+        self,
+        settings: PipelineSettings,
+        post_event: Callable[[dict[str, Any]], None],
+        publish: Callable[[str, Any], None] | None = None,
     ) -> None:
+        settings.check()
         self.settings = settings
         self.post_event = post_event
+        self.publish = publish
         h, w = settings.frame_shape
         self._reference = np.zeros((settings.reference_frames, h, w), np.float32)
         self._n_reference = 0
@@ -62,16 +113,30 @@ class Pipeline:
         self.rois: RoiSet | None = None
         self.roi_start_frame: int | None = None
         self.stage_ms = np.zeros(len(STAGES))
-        self._dff: OnlineDff | None = None
-        self._noise: OnlineNoiseLevel | None = None
         self.history_frames = max(2, int(round(settings.history_s * settings.frame_rate_hz)))
         self.history: np.ndarray | None = None  # (history_frames, n_rois) ring of dF/F
         self.history_count = 0
         self.roi_centroids_um: np.ndarray | None = None
+        self.motion_corrector: motion_numerics.MotionCorrector | None = None
+        self._motion_out = np.zeros(3)
+        self.flagged_frames = 0
+        self._extraction: motion_numerics.ShiftedExtraction | None = None
+        self._neuropil: Neuropil | None = None
+        self._dff: OnlineDff | None = None
+        self._noise: OnlineNoiseLevel | None = None
+        self._deconvolution: OnlineOasis | None = None
+        self.rg: Any = None
+        self._corrected: np.ndarray | None = None
+        self._rg_row: np.ndarray | None = None
+        self._frames_since_publish = 0
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return STAGES
 
     def setup(self) -> None:
         if self.settings.roi_source != "detect":
-            rois = load_roi_file(self.settings.roi_source, self.settings.frame_shape)
+            rois = load_rois(self.settings.roi_source, self.settings.frame_shape)
             self._install_rois(rois, frame_index=0, how=f"file {self.settings.roi_source}")
 
     @property
@@ -83,32 +148,76 @@ class Pipeline:
         return None if self._noise is None else self._noise.values
 
     def process(self, ring: FrameRing, slot: int, frame_index: int) -> None:
+        s = self.settings
         frame = ring.frames[slot]
+        shift = ring.shift[slot]
+        times = self.stage_ms
+        times[:] = 0.0
         t0 = time.perf_counter()
+        ring.motion_status[slot] = motion_numerics.OK
+        if self.motion_corrector is not None:
+            status = self.motion_corrector.register(frame, self._motion_out)
+            shift[0], shift[1] = self._motion_out[0], self._motion_out[1]
+            ring.motion_status[slot] = status
+            if status != motion_numerics.OK and status != motion_numerics.AT_LIMIT:
+                self.flagged_frames += 1
+                self.post_event(
+                    {
+                        "type": "frame_flagged",
+                        "frame": frame_index,
+                        "reason": MOTION_STATUS_TEXT.get(status, str(status)),
+                    }
+                )
+        else:
+            shift[:] = 0.0
+        t1 = time.perf_counter()
+        times[0] = (t1 - t0) * 1e3
         if self.rois is None or self._n_reference < self._reference.shape[0]:
             self._collect_reference(frame, frame_index)
-        t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        times[1] = (t2 - t1) * 1e3
         n = self.n_rois
         ring.n_rois[slot] = n
-        if n == 0 or self._dff is None or self._noise is None:
-            self.stage_ms[:] = 0.0
-            self.stage_ms[0] = (t1 - t0) * 1e3
+        if n == 0 or self._dff is None:
             return
         fluor = ring.fluorescence[slot, :n]
-        dff = ring.dff[slot, :n]
-        extract(frame, self.rois, fluor)
-        t2 = time.perf_counter()
-        self._dff.update(fluor, dff)
+        if self._extraction is not None:
+            self._extraction.extract(frame, shift, fluor)
+        else:
+            extract(frame, self.rois, fluor)
         t3 = time.perf_counter()
-        self._noise.update(dff)
+        times[2] = (t3 - t2) * 1e3
+        corrected = fluor
+        if self._neuropil is not None:
+            assert self._corrected is not None
+            corrected = self._neuropil.update(
+                frame, shift if s.motion else None, fluor, self._corrected
+            )
+            ring.neuropil[slot, :n] = self._neuropil.values
         t4 = time.perf_counter()
+        times[3] = (t4 - t3) * 1e3
+        dff = ring.dff[slot, :n]
+        self._dff.update(corrected, dff)
+        t5 = time.perf_counter()
+        times[4] = (t5 - t4) * 1e3
+        if self._noise is not None:
+            self._noise.update(dff)
+        t6 = time.perf_counter()
+        times[5] = (t6 - t5) * 1e3
+        if self._deconvolution is not None and self._noise is not None:
+            dec = self._deconvolution
+            dec.set_noise_level(self._noise.values, s.frame_rate_hz, s.s_min_sds, s.percentile)
+            calcium, spikes = dec.update(dff)
+            ring.calcium[slot, :n] = calcium
+            ring.spikes[slot, :n] = spikes
+        t7 = time.perf_counter()
+        times[6] = (t7 - t6) * 1e3
+        if self.rg is not None:
+            self._update_rg(ring, slot, dff)
+        times[7] = (time.perf_counter() - t7) * 1e3
         assert self.history is not None
         self.history[self.history_count % self.history_frames] = dff
         self.history_count += 1
-        self.stage_ms[0] = (t1 - t0) * 1e3
-        self.stage_ms[1] = (t2 - t1) * 1e3
-        self.stage_ms[2] = (t3 - t2) * 1e3
-        self.stage_ms[3] = (t4 - t3) * 1e3
 
     def recent_dff(self, n_frames: int) -> np.ndarray:
         """The last n frames of dF/F (chronological, shape (n, n_rois)); fewer at the start."""
@@ -123,32 +232,62 @@ class Pipeline:
         if self._n_reference < self._reference.shape[0]:
             self._reference[self._n_reference] = frame
             self._n_reference += 1
-        if self._n_reference == self._reference.shape[0]:
-            self.mean_image = self._reference.mean(axis=0)
-            if self.rois is None:
-                px = self.settings.pixel_size_um
-                diameter_px = self.settings.cell_diameter_um / float(np.sqrt(px[0] * px[1]))
-                rois = detect_rois(
-                    self._reference, cell_diameter_px=diameter_px, max_rois=self.settings.max_rois
-                )
-                self._install_rois(rois, frame_index, how="detected on the reference period")
+        if self._n_reference < self._reference.shape[0]:
+            return
+        s = self.settings
+        reference = self._reference
+        if s.motion:
+            max_shift_px = s.motion_max_shift_um / min(s.pixel_size_um)
+            image = motion_numerics.build_reference(reference, max_shift_px)
+            self.motion_corrector = motion_numerics.MotionCorrector(
+                image, max_shift_px, registration_size_px=s.motion_registration_px
+            )
+            shifts, _, _ = motion_numerics.register_frames(reference, self.motion_corrector)
+            good = np.isfinite(shifts).all(axis=1)
+            reference = motion_numerics.corrected_frames(reference[good], shifts[good])
+            self.post_event(
+                {
+                    "type": "motion",
+                    "event": "reference built",
+                    "frame": frame_index,
+                    "reference_frames": int(good.sum()),
+                }
+            )
+        self.mean_image = reference.mean(axis=0)
+        if self.rois is None:
+            px = s.pixel_size_um
+            diameter_px = s.cell_diameter_um / float(np.sqrt(px[0] * px[1]))
+            rois = detect_rois(reference, cell_diameter_px=diameter_px, max_rois=s.max_rois)
+            self._install_rois(rois, frame_index, how="detected on the reference period")
 
     def _install_rois(self, rois: RoiSet, frame_index: int, how: str) -> None:
-        if rois.shape != tuple(self.settings.frame_shape):
-            raise ValueError(
-                f"ROI set has shape {rois.shape} but frames are {self.settings.frame_shape}"
-            )
-        if rois.n_rois > self.settings.max_rois:
-            raise ValueError(f"{rois.n_rois} ROIs exceed rois.max_rois = {self.settings.max_rois}")
+        s = self.settings
+        if rois.shape != tuple(s.frame_shape):
+            raise ValueError(f"ROI set has shape {rois.shape} but frames are {s.frame_shape}")
+        if rois.n_rois > s.max_rois:
+            raise ValueError(f"{rois.n_rois} ROIs exceed rois.max_rois = {s.max_rois}")
         self.rois = rois
         self.roi_start_frame = frame_index
-        s = self.settings
         n = rois.n_rois
+        if s.motion:
+            self._extraction = motion_numerics.ShiftedExtraction(rois)
+        if s.neuropil and n:
+            self._neuropil = Neuropil(rois, coefficient=s.neuropil_coefficient)
+            self._corrected = np.zeros(n, np.float32)
         self._dff = OnlineDff(
             n, s.frame_rate_hz, baseline_window_s=s.baseline_window_s, percentile=s.percentile
         )
-        window = max(2, int(round(s.noise_window_s * s.frame_rate_hz)))
-        self._noise = OnlineNoiseLevel(n, window, s.frame_rate_hz)
+        if s.noise:
+            window = max(2, int(round(s.noise_window_s * s.frame_rate_hz)))
+            self._noise = OnlineNoiseLevel(n, window, s.frame_rate_hz)
+        if s.deconvolution:
+            g = ar1_decay_factor(s.decay_tau_s, s.frame_rate_hz)
+            lag = int(round(s.spike_lag_s * s.frame_rate_hz))
+            self._deconvolution = OnlineOasis(
+                n, g, spike_lag_frames=lag, pool_capacity=max(256, lag + 2)
+            )
+        if s.rg:
+            self._start_rg(n)
         self.history = np.zeros((self.history_frames, n), np.float32)
         self.history_count = 0
         # centroids in field coordinates (x, y) um, field centred on 0, as stimulation targets
@@ -157,3 +296,90 @@ class Pipeline:
         cy, cx = rois.centroids_px[:, 0], rois.centroids_px[:, 1]
         self.roi_centroids_um = np.column_stack([(cx + 0.5 - w / 2) * px, (cy + 0.5 - h / 2) * py])
         self.post_event({"type": "rois", "frame": frame_index, "n_rois": n, "how": how})
+
+    # -- coarse-graining stage -------------------------------------------------------------
+    def _start_rg(self, n: int) -> None:
+        from analysis.rg.streaming import OnlineCoarseGraining
+
+        levels = int(math.floor(math.log2(n))) if n >= 2 else 0
+        if levels < 2:
+            self.post_event(
+                {
+                    "type": "rg",
+                    "event": "disabled",
+                    "reason": f"{n} ROIs: coarse-graining needs at least 4",
+                }
+            )
+            return
+        s = self.settings
+        repair = max(2, int(round(s.rg_repair_every_s * s.frame_rate_hz)))
+        self.rg = OnlineCoarseGraining(
+            n, levels=min(levels, 8), block_frames=16, repair_every_frames=repair
+        )
+        self._rg_row = np.zeros(n, np.float32)
+        self._publish_every = max(1, int(round(s.rg_publish_every_s * s.frame_rate_hz)))
+
+    def _update_rg(self, ring: FrameRing, slot: int, dff: np.ndarray) -> None:
+        s = self.settings
+        n = self.n_rois
+        source = {"spikes": ring.spikes, "calcium": ring.calcium}.get(s.rg_signal)
+        row = dff if source is None else source[slot, :n]
+        if not np.isfinite(row).all():
+            return  # the first frames of the deconvolution lag; the stage counts nothing
+        assert self._rg_row is not None
+        np.maximum(row, 0.0, out=self._rg_row)
+        rg = self.rg
+        rg.update(self._rg_row)
+        if rg.repair_due:
+            try:
+                rg.repair()
+                self.post_event(
+                    {"type": "rg", "event": "re-paired", "frames": int(rg.frames_in_window)}
+                )
+            except ValueError as e:
+                self.post_event({"type": "rg", "event": "re-pairing skipped", "reason": str(e)})
+        self._frames_since_publish += 1
+        if self.publish is not None and self._frames_since_publish >= self._publish_every:
+            self._frames_since_publish = 0
+            live = rg_live_values(rg)
+            if live:
+                self.publish("rg", live)
+
+
+def rg_live_values(rg: Any) -> dict[str, Any] | None:
+    """The running coarse-graining observables in the form the GUI panel reads."""
+    if rg.tree is None or rg.frames_since_repair < 2:
+        return None
+    try:
+        obs = rg.observables()
+        exps = rg.exponents()
+    except (RuntimeError, ValueError):
+        return None
+    ks = [int(k) for k in obs.cluster_sizes]
+    edges = obs.q_edges
+    centres = (edges[:-1] + edges[1:]) / 2
+    spectra = {}
+    for k, spec in obs.spectra.items():
+        if spec.valid:
+            rank = np.arange(1, spec.eigenvalues.size + 1)
+            spectra[int(k)] = ((rank / k).tolist(), spec.eigenvalues.tolist())
+    c_k = {}
+    for i, k in enumerate(ks):
+        tau = obs.tau_c_frames[i]
+        if np.isfinite(tau) and tau > 0:
+            c_k[k] = ((obs.lags_frames / tau).tolist(), obs.c_k[i].tolist())
+    return {
+        "K": ks,
+        "p0": obs.p0.tolist(),
+        "beta": exps.beta.value if exps.beta.valid else None,
+        "q_k": {k: (centres.tolist(), obs.q_density[i].tolist()) for i, k in enumerate(ks)},
+        "spectra": spectra,
+        "c_k": c_k,
+        "frames": int(obs.n_frames),
+    }
+
+
+def load_rois(source: str, frame_shape: tuple[int, int]) -> RoiSet:
+    """An ROI file (.npy/.npz label image or masks, PNG/TIFF labels, Cellpose _seg.npy) or a
+    suite2p output folder / stat.npy."""
+    return import_rois(source, frame_shape).rois

@@ -24,7 +24,12 @@ class FrameRing:
         self.stimulus_issued_s = np.full(n_slots, np.nan)
         self.n_rois = np.zeros(n_slots, np.int32)
         self.fluorescence = np.zeros((n_slots, max_rois), np.float32)
+        self.neuropil = np.full((n_slots, max_rois), np.nan, np.float32)
         self.dff = np.zeros((n_slots, max_rois), np.float32)
+        self.calcium = np.full((n_slots, max_rois), np.nan, np.float32)
+        self.spikes = np.full((n_slots, max_rois), np.nan, np.float32)
+        self.shift = np.zeros((n_slots, 2))  # (dy, dx) px of the content vs the reference
+        self.motion_status = np.zeros(n_slots, np.int8)
         self.free: queue.Queue[int] = queue.Queue(maxsize=n_slots)
         self.ready: queue.Queue[int] = queue.Queue(maxsize=n_slots)
         self.record: queue.Queue[int] = queue.Queue(maxsize=n_slots)

@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from analysis.noise import noise_level as batch_noise_level
-from analysis.rois import load_roi_file
 from rig.assembly import Rig, build_rig
 from rig.config import ConfigError, RigConfig, load_rig_config, split_overrides
 from rig.live import LiveState, RunControl
 from rig.loop import RunLoop
-from rig.pipeline import STAGES, Pipeline, PipelineSettings
+from rig.pipeline import STAGES, Pipeline, PipelineSettings, load_rois
 from rig.protocol import Protocol, load_protocol_class
 from rig.ring import FrameRing
 from rig.session import EventLog, SessionRecorder, format_exception, new_session_dir, write_summary
@@ -57,6 +56,42 @@ def prepare(
     values: dict[str, Any] = dict(protocol_values or {})
     values.update(protocol_overrides)
     return config, cls(**values)
+
+
+def pipeline_settings(config: RigConfig, scanner: Any) -> PipelineSettings:
+    """Pipeline settings from the rig config and the scanner's geometry (checked)."""
+    settings = PipelineSettings(
+        frame_rate_hz=scanner.frame_rate_hz,
+        frame_shape=scanner.frame_shape,
+        pixel_size_um=scanner.pixel_size_um,
+        roi_source=config["rois.source"],
+        reference_s=config["rois.reference_s"],
+        cell_diameter_um=config["rois.cell_diameter_um"],
+        max_rois=config["rois.max_rois"],
+        baseline_window_s=config["dff.baseline_window_s"],
+        percentile=config["dff.percentile"],
+        noise_window_s=config["noise.window_s"],
+        history_s=config["loop.history_s"],
+        motion=config["motion.enabled"],
+        motion_max_shift_um=config["motion.max_shift_um"],
+        motion_registration_px=config["motion.registration_px"],
+        neuropil=config["neuropil.enabled"],
+        neuropil_coefficient=config["neuropil.coefficient"],
+        noise=config["noise.enabled"],
+        deconvolution=config["deconvolution.enabled"],
+        decay_tau_s=config["deconvolution.decay_tau_s"],
+        s_min_sds=config["deconvolution.s_min_sds"],
+        spike_lag_s=config["deconvolution.spike_lag_s"],
+        rg=config["rg.enabled"],
+        rg_signal=config["rg.signal"],
+        rg_repair_every_s=config["rg.repair_every_s"],
+        rg_publish_every_s=config["rg.publish_every_s"],
+    )
+    try:
+        settings.check()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return settings
 
 
 def run_experiment(
@@ -100,23 +135,11 @@ def run_experiment(
     scanner = rig_obj.scanner
     frame_rate = scanner.frame_rate_hz
     max_frames = max(1, int(round(duration_s * frame_rate)))
-    settings = PipelineSettings(
-        frame_rate_hz=frame_rate,
-        frame_shape=scanner.frame_shape,
-        pixel_size_um=scanner.pixel_size_um,
-        roi_source=config["rois.source"],
-        reference_s=config["rois.reference_s"],
-        cell_diameter_um=config["rois.cell_diameter_um"],
-        max_rois=config["rois.max_rois"],
-        baseline_window_s=config["dff.baseline_window_s"],
-        percentile=config["dff.percentile"],
-        noise_window_s=config["noise.window_s"],
-        history_s=config["loop.history_s"],
-    )
+    settings = pipeline_settings(config, scanner)
 
     if settings.roi_source != "detect":  # a bad ROI file is refused before devices open
         try:
-            load_roi_file(settings.roi_source, settings.frame_shape)
+            load_rois(settings.roi_source, settings.frame_shape)
         except (OSError, ValueError) as e:
             raise ConfigError(f"rois.source: {e}") from e
     if out and Path(out).exists() and any(Path(out).iterdir()):
@@ -153,7 +176,7 @@ def run_experiment(
         }
     )
     events.post({"type": "config", "config": config.to_dict()})
-    pipeline = Pipeline(settings, events.post)
+    pipeline = Pipeline(settings, events.post, publish=live.set_extra if live else None)
     ring = FrameRing(config["loop.ring_frames"], scanner.frame_shape, config["rois.max_rois"])
     recorder = SessionRecorder(
         folder,

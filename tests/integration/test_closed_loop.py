@@ -79,7 +79,11 @@ def test_session_folder_has_everything_a_reader_needs(tmp_path):
         dff = f["dff"][:]
         assert dff.dtype == np.float32 and dff.shape == (s["frames"], s["n_rois"])
         start = int(f.attrs["roi_start_frame"])
-        assert np.isnan(dff[:start]).all() and np.isfinite(dff[start:]).all()
+        assert np.isnan(dff[:start]).all()
+        # after ROI detection every frame has data; single values are NaN only where motion
+        # pushed an edge ROI partly out of the frame
+        assert np.isfinite(dff[start:]).any(axis=1).all()
+        assert np.isfinite(dff[start:]).mean() > 0.95
         # the stored session noise level is recomputable from dff (CASCADE definition)
         recomputed = noise_level(dff[start:].T.astype(np.float64), s["frame_rate_hz"])
         np.testing.assert_allclose(f["noise_level"][:], recomputed, rtol=1e-5)
