@@ -16,7 +16,7 @@ from drivers.roles import Scanner, Stimulator
 from drivers.scanning.galvo import GalvoGalvoScanner
 from drivers.scanning.galvo_waveforms import GalvoScanSettings
 from drivers.stimulation.light import LightPathCalibration, LightStimulator, LightStimulatorLimits
-from rig.config import RigConfig, world_config
+from rig.config import ConfigError, RigConfig, world_config
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,15 @@ class Rig:
     """The devices of one session. `safe_all` and `close_all` never raise; they log."""
 
     config: RigConfig
-    daq: ScanDAQ
-    scanner: Scanner
+    daq: ScanDAQ | None
+    scanner: Scanner | None
     stimulator: Stimulator | None
     world: Any = None  # simulators.world.World for simulated rigs
     clock: Any = None
     devices: list[Device] = field(default_factory=list)
+    spikes: Any = None  # drivers.mea.spikes.SpikeSource: spike blocks as the loop's input
+    culture: Any = None  # simulators.culture.Culture (ground truth of simulated MEA rigs)
+    servers: list[Any] = field(default_factory=list)  # simulated servers, closed last
 
     def open_all(self) -> None:
         for d in self.devices:
@@ -57,6 +60,12 @@ class Rig:
             except Exception as e:  # noqa: BLE001
                 problems.append(f"{d.name}: close() failed: {e!r}")
                 log.exception("close() failed for %s", d.name)
+        for server in self.servers:
+            try:
+                server.close()
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"{type(server).__name__}: close() failed: {e!r}")
+        self.servers.clear()
         return problems
 
     def snapshot(self) -> dict[str, Any]:
@@ -105,8 +114,73 @@ def stimulator_parts(config: RigConfig) -> tuple[LightStimulatorLimits, LightPat
     return limits, calibration
 
 
+def build_mea_rig(config: RigConfig, *, seed: int | None, speed: str) -> Rig:
+    """An MEA rig: an Intan RHX (real, or the simulated server wired to a simulated culture)
+    delivering spike blocks and stimulating through its stimulation controller."""
+    from drivers.mea.intan_rhx import RHXClient, RHXStimulatorBackend
+    from drivers.mea.rhx_spike_source import RHXSpikeSource
+    from drivers.mea.stimulator import MEAStimulator
+
+    m = config.section("mea")
+    culture = None
+    servers: list[Any] = []
+    host, port, pace = m["host"], m["command_port"], None
+    if config.simulated:
+        from rig.config import culture_config
+        from simulators.culture import Culture
+        from simulators.rhx_server import RHXSimServer
+
+        seed = config["sim.seed"] if seed is None else seed
+        culture = Culture(culture_config(config), seed=seed)
+        server = RHXSimServer(
+            culture,
+            sample_rate_hz=m["sample_rate_hz"],
+            stim_step_ua=m["stim_step_ua"],
+            speed=speed,
+            host=host,
+        ).start()
+        servers.append(server)
+        port = server.command_port
+        pace = server.pace if speed == "max" else None
+    client = RHXClient(host, port, timeout_s=m["timeout_s"], pace=pace)
+    spikes = RHXSpikeSource(
+        client,
+        blocks_per_write=m["blocks_per_write"],
+        stim_readback=m["stim_readback"],
+        spike_threshold_uv=m["spike_threshold_uv"],
+        sample_rate_hz=float(m["sample_rate_hz"]),
+    )
+    stimulator = None
+    if config["stimulator.kind"] == "mea":
+        backend = RHXStimulatorBackend(
+            client,
+            sample_rate_hz=float(m["sample_rate_hz"]),
+            stim_step_ua=m["stim_step_ua"],
+            max_charge_per_phase_nc=m["max_charge_per_phase_nc"],
+            max_rate_hz=m["max_rate_hz"],
+        )
+        stimulator = MEAStimulator(backend)
+    devices: list[Device] = [spikes] + ([stimulator] if stimulator else [])
+    return Rig(
+        config=config,
+        daq=None,
+        scanner=None,
+        stimulator=stimulator,
+        devices=devices,
+        spikes=spikes,
+        culture=culture,
+        servers=servers,
+    )
+
+
 def build_rig(config: RigConfig, *, seed: int | None = None, speed: str = "max") -> Rig:
     """Create (not open) every device of the rig described by `config`."""
+    if config["spikes.kind"] == "rhx":
+        if config["scanner.kind"] != "none":
+            raise ConfigError(
+                'an MEA rig (spikes.kind = "rhx") images nothing yet: set scanner.kind = "none"'
+            )
+        return build_mea_rig(config, seed=seed, speed=speed)
     settings = scan_settings(config)
     world = clock = None
     if config.simulated:

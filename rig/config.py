@@ -47,7 +47,7 @@ SCHEMA: dict[str, Key] = {
     "daq.timeout_s": Key(2.0, "float", "s", 0.01, 60.0, help="read timeout"),
     "daq.ai_terminal": Key("DIFF", "str", choices=("DIFF", "RSE", "NRSE")),
     # galvo-galvo scanner
-    "scanner.kind": Key("galvo", "str", choices=("galvo",)),
+    "scanner.kind": Key("galvo", "str", choices=("galvo", "none")),
     "scanner.fov_um": Key(
         [300.0, 300.0], "float2", "um", 1.0, 5000.0, help="(x, y) field at zoom 1"
     ),
@@ -68,7 +68,7 @@ SCHEMA: dict[str, Key] = {
     "scanner.pmt_channels": Key(["ai0"], "strs"),
     "scanner.ai_range_v": Key(1.0, "float", "V", 0.05, 10.0),
     # light stimulator
-    "stimulator.kind": Key("light", "str", choices=("light", "none")),
+    "stimulator.kind": Key("light", "str", choices=("light", "mea", "none")),
     "stimulator.channels": Key(["ao2", "ao3", "ao4"], "strs", help="power, x galvo, y galvo"),
     "stimulator.max_power_mw": Key(50.0, "float", "mW", 0.0, 1000.0),
     "stimulator.max_pulse_ms": Key(100.0, "float", "ms", 0.01, 10000.0),
@@ -112,6 +112,19 @@ SCHEMA: dict[str, Key] = {
     "recording.frames": Key(False, "bool", help="store raw frames in session.h5"),
     "recording.out_dir": Key("sessions", "str"),
     "recording.flush_s": Key(1.0, "float", "s", 0.05, 60.0),
+    # MEA recording and stimulation (Intan RHX over TCP)
+    "spikes.kind": Key("none", "str", choices=("none", "rhx"), help="spike blocks as loop input"),
+    "mea.host": Key("127.0.0.1", "str"),
+    "mea.command_port": Key(5000, "int", "", 0, 65535, help="0: ephemeral (simulator)"),
+    "mea.sample_rate_hz": Key(30000, "int", "Hz", 20000, 30000),
+    "mea.stim_step_ua": Key(1.0, "float", "uA", 0.01, 10.0),
+    "mea.blocks_per_write": Key(1, "int", "blocks", 1, 100, help="128 samples per block"),
+    "mea.timeout_s": Key(10.0, "float", "s", 0.1, 600.0),
+    "mea.spike_threshold_uv": Key(-70.0, "float", "uV", -5000.0, 5000.0),
+    "mea.stim_readback": Key(True, "bool"),
+    "mea.n_electrodes": Key(64, "int", "", 1, 1024),
+    "mea.max_rate_hz": Key(1000.0, "float", "Hz", 0.001, 100000.0),
+    "mea.max_charge_per_phase_nc": Key(10.0, "float", "nC", 0.0, 1000.0),
     # physics of the simulated rig (ignored by real rigs)
     "sim.seed": Key(1, "int", "", 0, 2**63 - 1),
     "sim.galvo_lag_us": Key(50.0, "float", "us", 0.0, 5000.0),
@@ -125,15 +138,22 @@ SCHEMA: dict[str, Key] = {
     "sim.ai_block_ms": Key(5.0, "float", "ms", 0.1, 1000.0),
 }
 
-SECTIONS = sorted({k.split(".")[0] for k in SCHEMA} | {"world"})
+SECTIONS = sorted({k.split(".")[0] for k in SCHEMA} | {"world", "culture"})
 
 
 class RigConfig:
     """Validated settings: flat `section.key` -> value, plus the nested `[world]` table."""
 
-    def __init__(self, values: dict[str, Any], world: dict[str, Any], source: str) -> None:
+    def __init__(
+        self,
+        values: dict[str, Any],
+        world: dict[str, Any],
+        source: str,
+        culture: dict[str, Any] | None = None,
+    ) -> None:
         self.values = values
         self.world = world
+        self.culture = culture or {}
         self.source = source
 
     def __getitem__(self, key: str) -> Any:
@@ -149,6 +169,8 @@ class RigConfig:
             sec, name = k.split(".", 1)
             out.setdefault(sec, {})[name] = v
         out["world"] = self.world
+        if self.culture:
+            out["culture"] = self.culture
         return out
 
     @property
@@ -268,9 +290,13 @@ def load_rig_config(rig: str = "sim", overrides: dict[str, Any] | None = None) -
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
     values = {k: spec.default for k, spec in SCHEMA.items()}
     world: dict[str, Any] = {}
+    culture: dict[str, Any] = {}
     for section, table in data.items():
         if section == "world":
             world = dict(table)
+            continue
+        if section == "culture":
+            culture = dict(table)
             continue
         if not isinstance(table, dict):
             raise unknown_key_error(section, str(path))
@@ -283,13 +309,27 @@ def load_rig_config(rig: str = "sim", overrides: dict[str, Any] | None = None) -
         if key.startswith("world."):
             _set_nested(world, key.split(".")[1:], value)
             continue
+        if key.startswith("culture."):
+            _set_nested(culture, key.split(".")[1:], value)
+            continue
         if key not in SCHEMA:
             raise unknown_key_error(key, "--set")
         values[key] = coerce(key, value, SCHEMA[key], "--set")
-    config = RigConfig(values, world, str(path))
+    config = RigConfig(values, world, str(path), culture)
     if config.simulated:
         world_config(config)  # validate the [world] table now, before anything runs
+        if config["spikes.kind"] == "rhx":
+            culture_config(config)
     return config
+
+
+def culture_config(config: RigConfig):  # -> CultureConfig (simulated MEA rigs only)
+    from simulators.culture.config import CultureConfig
+
+    try:
+        return CultureConfig.from_dict(config.culture)
+    except ValueError as e:
+        raise ConfigError(f"[culture] in {config.source}: {e}") from e
 
 
 def _set_nested(d: dict[str, Any], path: list[str], value: Any) -> None:
@@ -320,6 +360,9 @@ def describe(config: RigConfig) -> list[tuple[str, str, str, str]]:
     if config.simulated:
         for key, value in _flatten("world", world_config(config).to_dict()):
             rows.append((key, _fmt(value), _unit_from_name(key), ""))
+        if config["spikes.kind"] == "rhx":
+            for key, value in _flatten("culture", culture_config(config).to_dict()):
+                rows.append((key, _fmt(value), _unit_from_name(key), ""))
     return rows
 
 

@@ -92,6 +92,50 @@ class ProtocolContext:
     def has_stimulator(self) -> bool:
         return self._loop.rig.stimulator is not None
 
+    @property
+    def session_dir(self) -> Any:
+        """The session folder (a protocol may add report figures with rig.report.add_figure
+        in teardown)."""
+        return self._loop.session_dir
+
+    # -- spike input (MEA rigs) -------------------------------------------------------------
+    block: Any = None  # the current SpikeBlock in on_spikes
+
+    @property
+    def electrodes(self) -> tuple[str, ...]:
+        """Electrode names; spike and onset electrode indices refer to this order."""
+        return tuple(self._loop.rig.spikes.electrodes)
+
+    @property
+    def sample_rate_hz(self) -> float:
+        return float(self._loop.rig.spikes.sample_rate_hz)
+
+    def spikes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This block's spikes: (electrode index, device sample, unit id), views."""
+        return self.block.spikes()
+
+    def onsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Stimulation pulse onsets read back from the device: (electrode index, sample)."""
+        return self.block.onsets()
+
+    @property
+    def ground_truth(self) -> Any:
+        """The simulated culture (None on real rigs). For metrics only (e.g. synaptic weights);
+        a protocol must never decide from it."""
+        return self._loop.rig.culture
+
+    def prepare_stimuli(self, stimuli: list[Any]) -> list[Any]:
+        """Program stimuli before acquisition starts (RHX uploads only while stopped); call
+        in setup. Returns them as they will be delivered (validated and quantised)."""
+        return self._loop.rig.stimulator.prepare(stimuli)
+
+    def start_stimulus(self, stimulus: Any) -> StimulusRecord:
+        """Hold a repeat_while_held stimulus on (MEA) until stop_stimulus."""
+        return self._record(self._loop.rig.stimulator.start(stimulus), "start")
+
+    def stop_stimulus(self, stimulus: Any) -> StimulusRecord:
+        return self._record(self._loop.rig.stimulator.stop(stimulus), "stop")
+
     # -- commands --------------------------------------------------------------------------
     def stimulate(self, stimulus: Any) -> StimulusRecord:
         """Validate and deliver a stimulus now; returns when and how it fired.
@@ -102,13 +146,18 @@ class ProtocolContext:
         if stimulator is None:
             raise DeviceStateError('this rig has no stimulator (stimulator.kind = "none")')
         record = stimulator.stimulate(stimulus)
+        return self._record(record, "pulse")
+
+    def _record(self, record: StimulusRecord, action: str) -> StimulusRecord:
         ring = self._loop.ring
         if self.stimuli_this_frame == 0:
             ring.stimulus_issued_s[self.slot] = record.host_time_s
         self.stimuli_this_frame += 1
-        self._loop.stimuli += 1
+        if action != "stop":
+            self._loop.stimuli += 1
         event = {
-            "type": "stimulus",
+            "type": "stimulus" if action != "stop" else "stimulus_stop",
+            "action": action,
             "frame": self.frame_index,
             "host_time_s": record.host_time_s,
             "device_time_s": record.device_time_s,

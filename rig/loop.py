@@ -71,8 +71,9 @@ class RunLoop:
         self.speed = speed
         self.max_frames = max_frames
         self.late_tolerance_frames = late_tolerance_frames
-        self.frame_rate_hz = self.scanner.frame_rate_hz
+        self.frame_rate_hz = self.scanner.frame_rate_hz if self.scanner is not None else 0.0
         self.ctx = ProtocolContext(self)
+        self.session_dir: Any = None
         self.live = live
         self.control = control
         self._rois_published = False
@@ -292,8 +293,13 @@ class RunLoop:
         while control.manual_queue:
             stimulus = control.manual_queue.popleft()
             if control.safe_off_engaged.is_set():
-                self.events.post({"type": "protocol", "label": "manual stimulus dropped",
-                                  "reason": "safe-off engaged"})
+                self.events.post(
+                    {
+                        "type": "protocol",
+                        "label": "manual stimulus dropped",
+                        "reason": "safe-off engaged",
+                    }
+                )
                 continue
             self.ctx.mark("manual stimulus")
             self.ctx.stimulate(stimulus)

@@ -176,6 +176,9 @@ class Protocol:
     def on_frame(self, ctx: Any) -> None:
         """After the pipeline processed each frame."""
 
+    def on_spikes(self, ctx: Any) -> None:
+        """After each block of spikes arrived (MEA rigs): ctx.spikes(), ctx.onsets()."""
+
     def teardown(self, ctx: Any) -> None:
         """Once at the end, also after an abort (devices are already safe then)."""
 

@@ -121,6 +121,23 @@ class _FigureSpec:
 # ---------------------------------------------------------------------------------------------
 
 
+#: figures that protocols and analyses add to a session (PNG + same-name .txt caption)
+EXTRA_FIGURES = "figures/extra"
+
+
+def add_figure(
+    session_dir: str | os.PathLike[str], name: str, figure: Figure, caption: str
+) -> pathlib.Path:
+    """Save a matplotlib Figure (Agg) into the session so its report shows it with caption."""
+    folder = pathlib.Path(session_dir) / EXTRA_FIGURES
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.png"
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=FIGURE_DPI)
+    path.with_suffix(".txt").write_text(caption, encoding="utf-8")
+    return path
+
+
 def write_report(session_dir: str | os.PathLike[str]) -> pathlib.Path:
     """Write `report.html` and `figures/*.png` into `session_dir`; return the report's path.
 
@@ -1040,6 +1057,18 @@ def _html_page(data: SessionData, figures: list[tuple[_FigureSpec, str]]) -> str
             f'<img src="{src}" alt="{html.escape(spec.title, quote=True)}">'
             f"<figcaption><strong>Figure {number}. {html.escape(spec.title)}.</strong> "
             f"{html.escape(spec.caption)} {html.escape(details)}</figcaption></figure>"
+        )
+
+    extra = sorted((data.folder / EXTRA_FIGURES).glob("*.png"))
+    if extra:
+        parts.append("<h2>Analysis and protocol figures</h2>")
+    for path in extra:
+        caption_file = path.with_suffix(".txt")
+        caption = caption_file.read_text(encoding="utf-8") if caption_file.is_file() else ""
+        src = html.escape(f"{EXTRA_FIGURES}/{path.name}", quote=True)
+        parts.append(
+            f'<figure><img src="{src}" alt="{html.escape(path.stem, quote=True)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
 
     parts.append("<h2>Events</h2>")

@@ -132,6 +132,19 @@ def run_experiment(
     rig_obj = (
         prebuilt_rig if prebuilt_rig is not None else build_rig(config, seed=seed, speed=speed)
     )
+    if rig_obj.spikes is not None:
+        return run_spike_session(
+            rig_obj,
+            proto,
+            config,
+            duration_s=duration_s,
+            speed=speed,
+            seed=seed,
+            out=out,
+            write_report=write_report,
+            live=live,
+            control=control,
+        )
     scanner = rig_obj.scanner
     frame_rate = scanner.frame_rate_hz
     max_frames = max(1, int(round(duration_s * frame_rate)))
@@ -203,6 +216,7 @@ def run_experiment(
             pixel_size_um=scanner.pixel_size_um,
             frame_rate_hz=frame_rate,
         )
+    loop.session_dir = folder
     if control is not None:
         control.attach(loop)
     snapshots: dict[str, Any] = {}
@@ -398,3 +412,168 @@ def _finish(
     events.post({"type": "session", "event": "end", "status": status, "error": summary["error"]})
     events.close()
     return summary
+
+
+def run_spike_session(
+    rig_obj: Rig,
+    proto: Protocol,
+    config: RigConfig,
+    *,
+    duration_s: float,
+    speed: str,
+    seed: int,
+    out: str | None,
+    write_report: bool,
+    live: LiveState | None,
+    control: RunControl | None,
+) -> RunResult:
+    """A session on an MEA rig: spike blocks in, stimulation out (rig/spike_loop.py)."""
+    from rig.spike_loop import BlockRing, SpikeLoop, SpikeRecorder
+
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise FileExistsError(
+            f"session folder {out} already exists and is not empty: sessions "
+            "are never overwritten; choose another --out"
+        )
+    try:
+        rig_obj.open_all()
+        folder = new_session_dir(out, config["recording.out_dir"], proto.protocol_name())
+    except BaseException:
+        rig_obj.safe_all()
+        rig_obj.close_all()
+        raise
+    source = rig_obj.spikes
+    max_blocks = max(1, int(round(duration_s / source.block_duration_s)))
+    events = EventLog(folder / "events.jsonl")
+    t_start = time.monotonic()
+    events.post(
+        {
+            "type": "session",
+            "event": "start",
+            "protocol": proto.protocol_name(),
+            "parameters": proto.values,
+            "seed": seed,
+            "speed": speed,
+            "rig": config.source,
+            "wall_clock": time.time(),
+            "duration_s": duration_s,
+        }
+    )
+    events.post({"type": "config", "config": config.to_dict()})
+    ring = BlockRing(source, config["loop.ring_frames"])
+    recorder = SpikeRecorder(folder, ring, source, flush_s=config["recording.flush_s"])
+    loop = SpikeLoop(
+        rig_obj,
+        proto,
+        ring,
+        recorder,
+        events,
+        speed=speed,
+        max_blocks=max_blocks,
+        live=live,
+        control=control,
+    )
+    loop.session_dir = folder
+    if control is not None:
+        control.attach(loop)
+    snapshots: dict[str, Any] = {}
+    setup_done = False
+    teardown_error = None
+    try:
+        try:
+            snapshots = rig_obj.snapshot()
+            events.post({"type": "device", "event": "opened", "snapshots": snapshots})
+            proto.setup(loop.ctx)
+            setup_done = True
+            loop.start()
+            loop.wait()
+        except KeyboardInterrupt:
+            loop.fail(KeyboardInterrupt("interrupted by user (Ctrl-C)"), "main")
+            loop.wait()
+        except BaseException as exc:  # noqa: BLE001
+            loop.fail(exc, "setup")
+            loop.wait()
+        finally:
+            try:
+                if setup_done:
+                    proto.teardown(loop.ctx)
+            except Exception as exc:  # noqa: BLE001
+                teardown_error = f"protocol teardown: {type(exc).__name__}: {exc}"
+                events.post(
+                    {
+                        "type": "error",
+                        "where": "teardown",
+                        "error": teardown_error,
+                        "traceback": format_exception(exc),
+                    }
+                )
+            problems = rig_obj.safe_all()
+            events.post({"type": "safe", "reason": "end of session", "problems": problems})
+    finally:
+        status = "aborted" if (loop.aborted or teardown_error) else "completed"
+        try:
+            events.drain()
+            recorder.finish(
+                events.stimuli,
+                {"seed": seed, "status": status, "block_duration_s": source.block_duration_s},
+            )
+        finally:
+            recorder.close()
+        n = loop.frames_processed
+        try:
+            metrics = proto.metrics() if setup_done else {}
+        except Exception as exc:  # noqa: BLE001
+            metrics = {"error": f"metrics() failed: {exc}"}
+        summary = {
+            "status": status,
+            "error": loop.error_text or teardown_error,
+            "stop_reason": loop.stop_reason,
+            "seed": seed if config.simulated else None,
+            "rig": config["rig.name"],
+            "rig_source": config.source,
+            "speed": speed,
+            "input": "spikes",
+            "blocks": n,
+            "frames": n,
+            "frames_acquired": loop.frames_acquired,
+            "frames_dropped": loop.frames_dropped,
+            "block_duration_s": source.block_duration_s,
+            "frame_rate_hz": 1.0 / source.block_duration_s,
+            "duration_s": n * source.block_duration_s,
+            "wall_time_s": time.monotonic() - t_start,
+            "spikes": loop.spikes_seen,
+            "n_rois": 0,
+            "latency_ms": {k: v for k, v in _pct(loop.latency_ms[:n]).items() if k != "count"},
+            "stimulus_latency_ms": _pct(loop.stimulus_latency_ms[:n]),
+            "processing_ms": {
+                "median": float(np.nanmedian(loop.processing_ms[:n])) if n else None,
+                "p99": float(np.nanpercentile(loop.processing_ms[:n], 99)) if n else None,
+            },
+            "stimuli": loop.stimuli,
+            "noise_level": {"median": None, "p10": None, "p90": None},
+            "protocol": {
+                "name": proto.protocol_name(),
+                "file": getattr(proto, "source_file", None),
+                "parameters": proto.values,
+                "metrics": metrics,
+            },
+            "config": config.to_dict(),
+            "devices": snapshots,
+        }
+        write_summary(folder, summary)
+        events.post(
+            {"type": "session", "event": "end", "status": status, "error": summary["error"]}
+        )
+        events.close()
+        rig_obj.close_all()
+        if live is not None:
+            live.finish(status)
+    if write_report:
+        try:
+            from rig.report import write_report as _write_report
+
+            _write_report(folder)
+        except Exception as exc:  # noqa: BLE001
+            summary["report_error"] = f"{type(exc).__name__}: {exc}"
+            write_summary(folder, summary)
+    return RunResult(folder, summary)
