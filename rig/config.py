@@ -108,6 +108,9 @@ SCHEMA: dict[str, Key] = {
     "rg.repair_every_s": Key(30.0, "float", "s", 1.0, 36000.0),
     "rg.publish_every_s": Key(2.0, "float", "s", 0.1, 3600.0),
     "loop.ring_frames": Key(64, "int", "frames", 2, 100000),
+    "loop.late_tolerance_s": Key(
+        2.0, "float", "s", 0.0, 60.0, help="realtime: a frame later than this is dropped"
+    ),
     "loop.history_s": Key(20.0, "float", "s", 1.0, 600.0, help="dF/F history protocols can read"),
     "recording.frames": Key(False, "bool", help="store raw frames in session.h5"),
     "recording.out_dir": Key("sessions", "str"),

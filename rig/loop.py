@@ -12,7 +12,9 @@ Speeds:
   whatever the machine's load: the same seed gives the same data.
 - "realtime": acquisition runs free, paced by the (real or simulated) hardware. A frame that
   finds no free slot (processing or recording fell behind) or that completes more than
-  `late_tolerance_frames` frame periods after it was due is dropped: counted, recorded as a
+  `late_tolerance_s` after it was due (the data a real board's acquisition buffer holds,
+  NI: >= 2 s; the simulated DAQ falling further behind than that means the samples would
+  have been overwritten) is dropped: counted, recorded as a
   `drop` event, never silently lost.
 
 Any exception in any thread aborts the run: devices are put in their safe state at once
@@ -55,7 +57,7 @@ class RunLoop:
         *,
         speed: str,
         max_frames: int,
-        late_tolerance_frames: float = 1.0,
+        late_tolerance_s: float = 2.0,
         live: LiveState | None = None,
         control: RunControl | None = None,
     ) -> None:
@@ -70,7 +72,7 @@ class RunLoop:
         self.events = events
         self.speed = speed
         self.max_frames = max_frames
-        self.late_tolerance_frames = late_tolerance_frames
+        self.late_tolerance_s = late_tolerance_s
         self.frame_rate_hz = self.scanner.frame_rate_hz if self.scanner is not None else 0.0
         self.ctx = ProtocolContext(self)
         self.session_dir: Any = None
@@ -235,7 +237,7 @@ class RunLoop:
                     continue
                 if not lockstep:
                     lateness = info.host_time_s - (wall0 + info.device_time_s + period)
-                    if lateness > self.late_tolerance_frames * period:
+                    if lateness > max(self.late_tolerance_s, period):
                         ring.free.put_nowait(slot)
                         self._drop(info.index, f"late by {lateness * 1e3:.1f} ms")
                         continue

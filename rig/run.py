@@ -209,6 +209,7 @@ def run_experiment(
         max_frames=max_frames,
         live=live,
         control=control,
+        late_tolerance_s=config["loop.late_tolerance_s"],
     )
     if live is not None:
         live.start(
