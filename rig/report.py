@@ -289,7 +289,9 @@ def _read_h5(
 
 def _mean_of_raw_frames(h5: h5py.File, max_frames: int = 300) -> np.ndarray | None:
     """Fallback when mean_image is absent: the mean of the first raw frames, if recorded."""
-    frames = h5.get("frames")
+    from rig.session import open_frames  # raw frames may live in an external stream file
+
+    frames = open_frames(h5)
     if not isinstance(frames, h5py.Dataset) or frames.ndim != 3 or frames.shape[0] == 0:
         return None
     return np.asarray(frames[:max_frames], dtype=np.float32).mean(axis=0)
