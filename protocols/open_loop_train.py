@@ -81,7 +81,9 @@ class OpenLoopTrain(Protocol):
                 )
             )
             self.onsets.append(record.device_time_s)
-            self.next_s += self.interval_s
+            # trains missed while the loop was behind are skipped, not fired back to back
+            while self.next_s <= ctx.time_s:
+                self.next_s += self.interval_s
 
     def _choose_targets(self, ctx):
         self.target_rois = ctx.rois_near_um(

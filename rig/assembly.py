@@ -6,8 +6,10 @@ Everything that can be checked is checked here, before any device is opened: sca
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from drivers.base import Device
@@ -15,6 +17,7 @@ from drivers.daq.contract import ScanDAQ
 from drivers.roles import Scanner, Stimulator
 from drivers.scanning.galvo import GalvoGalvoScanner
 from drivers.scanning.galvo_waveforms import GalvoScanSettings
+from drivers.scanning.resonant import ResonantGalvoScanner, ResonantScanSettings
 from drivers.stimulation.light import LightPathCalibration, LightStimulator, LightStimulatorLimits
 from rig.config import ConfigError, RigConfig, world_config
 
@@ -89,6 +92,112 @@ def scan_settings(config: RigConfig) -> GalvoScanSettings:
         um_per_volt=tuple(s["um_per_volt"]),
         max_volts=s["max_volts"],
         max_ao_rate_hz=s["max_ao_rate_hz"],
+    )
+
+
+def resonant_settings(config: RigConfig) -> ResonantScanSettings:
+    """Resonant scan settings; the line phase comes from resonant.line_phase_file (a per-zoom
+    table, interpolated at scanner.zoom) when given, else from scanner.line_phase_us."""
+    from analysis.line_phase import LinePhaseTable
+
+    s, r = config.section("scanner"), config.section("resonant")
+    line_phase_us = s["line_phase_us"]
+    if r["line_phase_file"]:
+        try:
+            table = LinePhaseTable.from_dict(json.loads(Path(r["line_phase_file"]).read_text()))
+            line_phase_us = table.phase_us_at(s["zoom"])
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"resonant.line_phase_file: {e}") from e
+    return ResonantScanSettings(
+        resonant_hz=r["nominal_hz"],
+        resonant_tolerance=r["tolerance"],
+        fov_um=tuple(s["fov_um"]),
+        zoom=s["zoom"],
+        fill_fraction=r["fill_fraction"],
+        pixels_per_line=s["pixels_per_line"],
+        lines=s["lines"],
+        bidirectional=s["bidirectional"],
+        flyback_ms=r["flyback_ms"],
+        sample_rate_hz=s["sample_rate_hz"],
+        line_phase_us=line_phase_us,
+        resonant_um_per_volt=r["um_per_volt"],
+        max_amplitude_v=r["max_amplitude_v"],
+        galvo_um_per_volt=r["galvo_um_per_volt"],
+        max_galvo_volts=r["max_galvo_volts"],
+        galvo_rate_hz=r["galvo_rate_hz"],
+        galvo_lag_us=r["galvo_lag_us"],
+        park_um=s["park_um"][1],
+        measure_periods=r["measure_periods"],
+    )
+
+
+def resonant_scanner(config: RigConfig, world: Any, clock: Any, seed: int) -> ResonantGalvoScanner:
+    """The resonant scanner on simulated hardware (sim back end) or on NI-DAQmx."""
+    r = config.section("resonant")
+    settings = resonant_settings(config)
+    if config.simulated:
+        from simulators.resonant import ResonantPhysics, SimulatedResonantHardware
+
+        sim = config.section("sim")
+        physics = ResonantPhysics(
+            natural_hz=sim["resonant_natural_hz"],
+            tempco_per_k=sim["resonant_tempco_per_k"],
+            amplitude_shift_hz=sim["resonant_amplitude_shift_hz"],
+            heating_k=sim["resonant_heating_k"],
+            thermal_tau_s=sim["resonant_thermal_tau_s"],
+            phase_lag_us=sim["resonant_lag_us"],
+            phase_lag_amplitude_us=sim["resonant_lag_amplitude_us"],
+            amplitude_um_per_volt=sim["resonant_um_per_volt"],
+            full_amplitude_v=r["max_amplitude_v"],
+            galvo_um_per_volt=sim["galvo_um_per_volt"][1],
+            galvo_lag_s=sim["galvo_lag_us"] * 1e-6,
+            laser_power_mw=sim["laser_power_mw"],
+            pmt_counts_per_photon=sim["pmt_counts_per_photon"],
+            pmt_gain_spread=sim["pmt_gain_spread"],
+            pmt_offset_counts=sim["pmt_offset_counts"],
+            read_noise_counts=sim["read_noise_counts"],
+            sub_bin_max_um=sim["sub_bin_max_um"],
+            block_s=sim["ai_block_ms"] * 1e-3,
+        )
+        hw = SimulatedResonantHardware(
+            world, clock, physics, seed=seed, line_clock_terminal=r["line_clock_terminal"]
+        )
+        digitizer, io = hw.digitizer, hw.io
+        scanner = ResonantGalvoScanner(
+            digitizer,
+            io,
+            settings,
+            pmt_channels=tuple(config["scanner.pmt_channels"]),
+            ai_range_v=config["scanner.ai_range_v"],
+        )
+        scanner.sim_hardware = hw  # type: ignore[attr-defined]
+        return scanner
+    else:
+        from drivers.daq.nidaqmx_resonant import NIDigitizer, NIResonantIO
+
+        io = NIResonantIO(
+            config["daq.device"],
+            line_clock_terminal=r["line_clock_terminal"],
+            line_counter=r["line_counter"],
+            frame_counter=r["frame_counter"],
+            amplitude_channel=r["amplitude_channel"],
+            amplitude_range_v=r["max_amplitude_v"],
+            slow_galvo_channel=r["slow_galvo_channel"],
+            park_v=settings.park_um / settings.galvo_um_per_volt,
+            timeout_s=config["daq.timeout_s"],
+        )
+        digitizer = NIDigitizer(
+            config["daq.device"],
+            trigger_terminal=r["line_clock_terminal"],
+            ai_terminal=config["daq.ai_terminal"],
+            timeout_s=config["daq.timeout_s"],
+        )
+    return ResonantGalvoScanner(
+        digitizer,
+        io,
+        settings,
+        pmt_channels=tuple(config["scanner.pmt_channels"]),
+        ai_range_v=config["scanner.ai_range_v"],
     )
 
 
@@ -181,7 +290,8 @@ def build_rig(config: RigConfig, *, seed: int | None = None, speed: str = "max")
                 'an MEA rig (spikes.kind = "rhx") images nothing yet: set scanner.kind = "none"'
             )
         return build_mea_rig(config, seed=seed, speed=speed)
-    settings = scan_settings(config)
+    resonant = config["scanner.kind"] == "resonant"
+    settings = None if resonant else scan_settings(config)
     world = clock = None
     if config.simulated:
         from simulators.clock import SimClock
@@ -214,13 +324,24 @@ def build_rig(config: RigConfig, *, seed: int | None = None, speed: str = "max")
             timeout_s=config["daq.timeout_s"],
             ai_terminal=config["daq.ai_terminal"],
         )
-    scanner = GalvoGalvoScanner(
-        daq,
-        settings,
-        galvo_channels=tuple(config["scanner.galvo_channels"]),
-        pmt_channels=tuple(config["scanner.pmt_channels"]),
-        ai_range_v=config["scanner.ai_range_v"],
-    )
+    scanner: Scanner
+    if resonant:
+        # the DAQ above still serves the stimulator and the focus piezo (on a real rig: a
+        # second board, see docs/devices/resonant.md)
+        scanner = resonant_scanner(
+            config, world, clock, config["sim.seed"] if seed is None else seed
+        )
+        hw = getattr(scanner, "sim_hardware", None)
+        if hw is not None and daq is not None:
+            daq.scan_time_source = lambda: hw.scan_time_s  # stimulation on the scan clock
+    else:
+        scanner = GalvoGalvoScanner(
+            daq,
+            settings,
+            galvo_channels=tuple(config["scanner.galvo_channels"]),
+            pmt_channels=tuple(config["scanner.pmt_channels"]),
+            ai_range_v=config["scanner.ai_range_v"],
+        )
     stimulator = None
     if config["stimulator.kind"] == "light":
         limits, calibration = stimulator_parts(config)

@@ -34,7 +34,14 @@ def benchmark(name: str) -> Callable:
 
 
 #: modules that register more benchmarks with @benchmark when imported
-EXTENSIONS: tuple[str, ...] = ("rig.bench_rg", "rig.bench_lens", "rig.bench_mea")
+EXTENSIONS: tuple[str, ...] = (
+    "rig.bench_rg",
+    "rig.bench_lens",
+    "rig.bench_mea",
+    "rig.bench_gui",
+    "rig.bench_scan",
+    "rig.bench_record",
+)
 
 
 def run_benchmark(name: str, quick: bool = False) -> dict[str, float]:

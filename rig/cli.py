@@ -45,7 +45,13 @@ def _add_rig_args(p: argparse.ArgumentParser) -> None:
 
 #: modules that add subcommands: each defines register(subparsers), whose parsers call
 #: set_defaults(handler=function) with function(args) -> exit status
-EXTENSIONS: tuple[str, ...] = ("rig.cli_sweep", "rig.cli_analyze", "rig.cli_lens")
+EXTENSIONS: tuple[str, ...] = (
+    "rig.cli_sweep",
+    "rig.cli_analyze",
+    "rig.cli_lens",
+    "rig.cli_gui",
+    "rig.cli_recording",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

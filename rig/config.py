@@ -47,19 +47,30 @@ SCHEMA: dict[str, Key] = {
     "daq.timeout_s": Key(2.0, "float", "s", 0.01, 60.0, help="read timeout"),
     "daq.ai_terminal": Key("DIFF", "str", choices=("DIFF", "RSE", "NRSE")),
     # galvo-galvo scanner
-    "scanner.kind": Key("galvo", "str", choices=("galvo", "none")),
+    "scanner.kind": Key(
+        "galvo", "str", choices=("galvo", "resonant", "none"), help="resonant: see [resonant]"
+    ),
     "scanner.fov_um": Key(
         [300.0, 300.0], "float2", "um", 1.0, 5000.0, help="(x, y) field at zoom 1"
     ),
     "scanner.zoom": Key(1.0, "float", "", 0.1, 100.0),
     "scanner.pixels_per_line": Key(256, "int", "px", 2, 8192),
     "scanner.lines": Key(256, "int", "lines", 1, 8192),
-    "scanner.sample_rate_hz": Key(2.0e6, "float", "Hz", 1e3, 1e8, help="PMT (AI) sample rate"),
+    "scanner.sample_rate_hz": Key(
+        2.0e6, "float", "Hz", 1e3, 5e9, help="PMT sample rate (galvo: AI; resonant: digitizer)"
+    ),
     "scanner.ai_oversample": Key(4, "int", "samples/px", 1, 1024),
     "scanner.bidirectional": Key(True, "bool"),
     "scanner.turnaround_us": Key(400.0, "float", "us", 0.0, 1e5),
     "scanner.flyback_lines": Key(2, "int", "lines", 1, 1000),
-    "scanner.line_phase_us": Key(50.0, "float", "us", 0.0, 1e5, help="pixel map delay (galvo lag)"),
+    "scanner.line_phase_us": Key(
+        50.0,
+        "float",
+        "us",
+        -50.0,
+        1e5,
+        help="galvo: pixel map delay (galvo lag); resonant: mirror lag behind the line clock",
+    ),
     "scanner.park_um": Key([0.0, 0.0], "float2", "um", -1e4, 1e4),
     "scanner.um_per_volt": Key([30.0, 30.0], "float2", "um/V", 1e-3, 1e4),
     "scanner.max_volts": Key(10.0, "float", "V", 0.1, 10.0),
@@ -67,6 +78,40 @@ SCHEMA: dict[str, Key] = {
     "scanner.galvo_channels": Key(["ao0", "ao1"], "strs"),
     "scanner.pmt_channels": Key(["ai0"], "strs"),
     "scanner.ai_range_v": Key(1.0, "float", "V", 0.05, 10.0),
+    # resonant-galvo scanner (scanner.kind = "resonant"; it also uses scanner.fov_um, zoom,
+    # pixels_per_line, lines, bidirectional, sample_rate_hz, line_phase_us, park_um[1],
+    # pmt_channels and ai_range_v)
+    "resonant.nominal_hz": Key(
+        7910.0, "float", "Hz", 100.0, 100000.0, help="datasheet frequency; measured at start"
+    ),
+    "resonant.tolerance": Key(
+        0.01, "float", "", 1e-4, 0.19, help="measured frequency within nominal_hz x (1 +- this)"
+    ),
+    "resonant.fill_fraction": Key(
+        0.9, "float", "", 0.01, 0.99, help="spatial Fs; temporal Ft = (2/pi) asin(Fs)"
+    ),
+    "resonant.flyback_ms": Key(1.0, "float", "ms", 0.0, 1000.0, help="rounded up to lines"),
+    "resonant.um_per_volt": Key(
+        62.5, "float", "um/V", 1e-3, 1e5, help="mirror amplitude (centre to turnaround) per V"
+    ),
+    "resonant.max_amplitude_v": Key(5.0, "float", "V", 0.1, 10.0, help="amplitude input max"),
+    "resonant.amplitude_channel": Key("ao0", "str", help="controller amplitude input (AO)"),
+    "resonant.slow_galvo_channel": Key("ao1", "str"),
+    "resonant.galvo_um_per_volt": Key(50.0, "float", "um/V", 1e-3, 1e4, help="slow galvo"),
+    "resonant.max_galvo_volts": Key(10.0, "float", "V", 0.1, 10.0),
+    "resonant.galvo_rate_hz": Key(200e3, "float", "Hz", 1e3, 2e6, help="slow-galvo AO rate"),
+    "resonant.galvo_lag_us": Key(
+        100.0, "float", "us", 0.0, 5000.0, help="slow galvo time constant (command leads it)"
+    ),
+    "resonant.line_clock_terminal": Key("PFI0", "str", help="controller sync (line clock)"),
+    "resonant.line_counter": Key("ctr0", "str", help="counter measuring line periods"),
+    "resonant.frame_counter": Key("ctr1", "str", help="counter making the frame clock"),
+    "resonant.measure_periods": Key(1000, "int", "periods", 10, 1_000_000),
+    "resonant.line_phase_file": Key(
+        "", "str", help="JSON {zooms, phases_us}: line phase at scanner.zoom (else line_phase_us)"
+    ),
+    "resonant.track_line_phase": Key(False, "bool", help="re-estimate the line phase online"),
+    "resonant.track_every_s": Key(1.0, "float", "s", 0.1, 600.0, help="frames averaged per step"),
     # light stimulator
     "stimulator.kind": Key("light", "str", choices=("light", "mea", "none")),
     "stimulator.channels": Key(["ao2", "ao3", "ao4"], "strs", help="power, x galvo, y galvo"),
@@ -97,7 +142,7 @@ SCHEMA: dict[str, Key] = {
     "motion.enabled": Key(False, "bool", help="rigid motion correction (phase correlation)"),
     "motion.max_shift_um": Key(15.0, "float", "um", 0.5, 500.0),
     "motion.registration_px": Key(256, "int", "px", 32, 4096, help="frames binned to this size"),
-    "neuropil.enabled": Key(True, "bool"),
+    "neuropil.enabled": Key(False, "bool", help="off by default: see docs/PIPELINE.md"),
     "neuropil.coefficient": Key(0.7, "float", "", 0.0, 1.0, help="F - r * F_neuropil"),
     "deconvolution.enabled": Key(True, "bool", help="online OASIS AR(1)"),
     "deconvolution.decay_tau_s": Key(0.2, "float", "s", 0.01, 10.0, help="indicator decay"),
@@ -139,6 +184,23 @@ SCHEMA: dict[str, Key] = {
     "sim.read_noise_counts": Key(2.0, "float", "codes", 0.0, 10000.0),
     "sim.stim_spot_radius_um": Key(8.0, "float", "um", 0.5, 200.0),
     "sim.ai_block_ms": Key(5.0, "float", "ms", 0.1, 1000.0),
+    # physics of the simulated resonant scanner (slow galvo: sim.galvo_lag_us and
+    # sim.galvo_um_per_volt[1]; detection: sim.laser_power_mw, sim.pmt_*, sim.read_noise_counts)
+    "sim.resonant_natural_hz": Key(7925.52, "float", "Hz", 100.0, 100000.0),
+    "sim.resonant_lag_us": Key(1.5, "float", "us", -20.0, 20.0, help="mirror lag at amplitude 0"),
+    "sim.resonant_lag_amplitude_us": Key(
+        0.8, "float", "us", -20.0, 20.0, help="extra lag at full amplitude, ~ amplitude^2"
+    ),
+    "sim.resonant_tempco_per_k": Key(-1.25e-4, "float", "1/K", -0.01, 0.01),
+    "sim.resonant_heating_k": Key(4.0, "float", "K", 0.0, 100.0, help="at full amplitude"),
+    "sim.resonant_thermal_tau_s": Key(60.0, "float", "s", 0.01, 1e5),
+    "sim.resonant_amplitude_shift_hz": Key(
+        -2.0, "float", "Hz", -1000.0, 1000.0, help="at full amplitude, ~ amplitude^2"
+    ),
+    "sim.resonant_um_per_volt": Key(62.5, "float", "um/V", 1e-3, 1e5, help="true amplitude cal"),
+    "sim.sub_bin_max_um": Key(
+        0.75, "float", "um", 0.01, 10.0, help="beam travel per simulated photon sub-bin"
+    ),
 }
 
 SECTIONS = sorted({k.split(".")[0] for k in SCHEMA} | {"world", "culture"})

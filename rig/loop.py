@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from drivers.errors import LimitError
 from rig.assembly import Rig
 from rig.context import ProtocolContext
 from rig.live import LiveState, RunControl
@@ -304,7 +305,12 @@ class RunLoop:
                 )
                 continue
             self.ctx.mark("manual stimulus")
-            self.ctx.stimulate(stimulus)
+            try:
+                self.ctx.stimulate(stimulus)
+            except LimitError as e:  # validated when queued; a delivery-time limit (heating)
+                self.events.post(
+                    {"type": "protocol", "label": "manual stimulus refused", "reason": str(e)}
+                )
 
     def _publish(self, slot: int, index: int, latency_ms: float) -> None:
         live, pipeline, ring = self.live, self.pipeline, self.ring

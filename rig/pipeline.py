@@ -101,11 +101,16 @@ class Pipeline:
         settings: PipelineSettings,
         post_event: Callable[[dict[str, Any]], None],
         publish: Callable[[str, Any], None] | None = None,
+        trace_source: Any = None,
     ) -> None:
         settings.check()
         self.settings = settings
         self.post_event = post_event
         self.publish = publish
+        # traces recorded elsewhere (suite2p replay: simulators.replay.TraceSource): the ROIs
+        # are given (`rois`, `mean_image`, `how`) and `read(frame_index, out)` fills each
+        # frame's fluorescence in place of the extract stage
+        self.trace_source = trace_source
         h, w = settings.frame_shape
         self._reference = np.zeros((settings.reference_frames, h, w), np.float32)
         self._n_reference = 0
@@ -135,6 +140,11 @@ class Pipeline:
         return STAGES
 
     def setup(self) -> None:
+        if self.trace_source is not None:
+            self.mean_image = self.trace_source.mean_image
+            self._n_reference = self._reference.shape[0]  # no reference period to collect
+            self._install_rois(self.trace_source.rois, frame_index=0, how=self.trace_source.how)
+            return
         if self.settings.roi_source != "detect":
             rois = load_rois(self.settings.roi_source, self.settings.frame_shape)
             self._install_rois(rois, frame_index=0, how=f"file {self.settings.roi_source}")
@@ -181,7 +191,9 @@ class Pipeline:
         if n == 0 or self._dff is None:
             return
         fluor = ring.fluorescence[slot, :n]
-        if self._extraction is not None:
+        if self.trace_source is not None:
+            self.trace_source.read(frame_index, fluor)
+        elif self._extraction is not None:
             self._extraction.extract(frame, shift, fluor)
         else:
             extract(frame, self.rois, fluor)

@@ -10,6 +10,7 @@ thread, Ctrl-C - makes every device safe, flushes what was recorded and writes s
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -172,6 +173,10 @@ def run_experiment(
         rig_obj.safe_all()
         rig_obj.close_all()
         raise
+    # a scanner may measure its rate when it opens (resonant: the line clock)
+    frame_rate = scanner.frame_rate_hz
+    max_frames = max(1, int(round(duration_s * frame_rate)))
+    settings = pipeline_settings(config, scanner)
     events = EventLog(folder / "events.jsonl")
     started_wall = time.time()
     t_start = time.monotonic()
@@ -189,7 +194,13 @@ def run_experiment(
         }
     )
     events.post({"type": "config", "config": config.to_dict()})
-    pipeline = Pipeline(settings, events.post, publish=live.set_extra if live else None)
+    pipeline = Pipeline(
+        settings,
+        events.post,
+        publish=live.set_extra if live else None,
+        # a replayed suite2p recording hands over traces instead of frames to extract
+        trace_source=getattr(scanner, "trace_source", None),
+    )
     ring = FrameRing(config["loop.ring_frames"], scanner.frame_shape, config["rois.max_rois"])
     recorder = SessionRecorder(
         folder,
@@ -197,6 +208,7 @@ def run_experiment(
         frame_rate,
         record_frames=config["recording.frames"],
         flush_s=config["recording.flush_s"],
+        pipeline=pipeline,  # saves the ROI set and mean image once known (for rig recover)
     )
     loop = RunLoop(
         rig_obj,
@@ -230,6 +242,10 @@ def run_experiment(
             events.post({"type": "device", "event": "opened", "snapshots": snapshots})
             proto.setup(loop.ctx)
             setup_done = True
+            # collect once and freeze what survives setup: a full collection with numba, Qt
+            # and matplotlib loaded takes tens of ms and must not land mid-loop
+            gc.collect()
+            gc.freeze()
             loop.start()
             loop.wait()
         except KeyboardInterrupt:
@@ -255,6 +271,7 @@ def run_experiment(
             problems = rig_obj.safe_all()
             events.post({"type": "safe", "reason": "end of session", "problems": problems})
     finally:
+        gc.unfreeze()
         summary = _finish(
             loop,
             rig_obj,
@@ -296,6 +313,39 @@ def _pct(values: np.ndarray) -> dict[str, float | None]:
         "max": float(v.max()),
         "count": int(v.size),
     }
+
+
+def _after_session(
+    folder: Path, rig_obj: Any, pipeline: Pipeline, frame_rate_hz: float
+) -> dict[str, Any]:
+    """The `rg` block (coarse-graining of the recorded signal) and, on simulated rigs, the
+    `accuracy` block against ground truth; a failure becomes a reason, never an abort."""
+    from rig.session_analysis import accuracy_block, rg_block
+
+    out: dict[str, Any] = {}
+    s = pipeline.settings
+    if not (folder / "session.h5").is_file():
+        return out
+    if s.rg:
+        try:
+            out["rg"] = rg_block(folder, s.rg_signal, frame_rate_hz)
+        except Exception as e:  # noqa: BLE001
+            out["rg"] = {"valid": False, "reason": f"{type(e).__name__}: {e}"}
+    if rig_obj.world is not None and pipeline.rois is not None:
+        try:
+            out["accuracy"] = accuracy_block(
+                folder,
+                rig_obj.world,
+                pipeline.rois,
+                frame_rate_hz=frame_rate_hz,
+                pixel_size_um=s.pixel_size_um,
+                frame_shape=s.frame_shape,
+                reference_frames=s.reference_frames,
+                spike_lag_frames=int(round(s.spike_lag_s * s.frame_rate_hz)),
+            )
+        except Exception as e:  # noqa: BLE001
+            out["accuracy"] = {"error": f"{type(e).__name__}: {e}"}
+    return out
 
 
 def _finish(
@@ -409,6 +459,7 @@ def _finish(
         "config": config.to_dict(),
         "devices": snapshots,
     }
+    summary.update(_after_session(folder, rig_obj, pipeline, loop.frame_rate_hz))
     write_summary(folder, summary)
     events.post({"type": "session", "event": "end", "status": status, "error": summary["error"]})
     events.close()
@@ -486,6 +537,10 @@ def run_spike_session(
             events.post({"type": "device", "event": "opened", "snapshots": snapshots})
             proto.setup(loop.ctx)
             setup_done = True
+            # collect once and freeze what survives setup: a full collection with numba, Qt
+            # and matplotlib loaded takes tens of ms and must not land mid-loop
+            gc.collect()
+            gc.freeze()
             loop.start()
             loop.wait()
         except KeyboardInterrupt:

@@ -141,6 +141,7 @@ class SimulatedDAQ(ScanDAQ):
         self._lock = threading.Lock()
         self._stim_log: list[dict[str, Any]] = []
         self.static_outputs: dict[str, float] = {}
+        self.scan_time_source: Any = None  # callable giving another scanner's clock
         self._world_t0 = 0.0
         # gain noise is a fixed, seeded table cycled through (one entry per photon)
         spread = optics.pmt_gain_spread
@@ -283,7 +284,10 @@ class SimulatedDAQ(ScanDAQ):
     @property
     def scan_time_s(self) -> float:
         """Virtual time on the scan clock: the world's time (realtime: the wall clock's, if
-        later) since the scan started; NaN before any scan."""
+        later) since the scan started; NaN before any scan. When another device scans (a
+        resonant scanner), its clock is the scan clock (`scan_time_source`)."""
+        if self.scan_time_source is not None and not self._running:
+            return float(self.scan_time_source())
         if self._scan is None or not self._running and self._samples_read == 0:
             return float("nan")
         t = self.world.t_s
