@@ -73,7 +73,7 @@ class OpenLoopTrain(Protocol):
                 self._window = []
             record = ctx.stimulate(
                 LightStimulus(
-                    targets_um=tuple(map(tuple, self.targets)),
+                    targets_um=ctx.roi_positions_um(self.target_rois),
                     power_mw=self.power_mw,
                     pulse_ms=self.pulse_ms,
                     n_pulses=self.n_pulses,

@@ -150,7 +150,7 @@ class TargetPattern(Protocol):
             self._baseline = recent[:, self.motor_rois].mean(axis=0)
             record = ctx.stimulate(
                 LightStimulus(
-                    targets_um=self.targets_um,
+                    targets_um=ctx.roi_positions_um(self.sensory_rois),
                     power_mw=self.power_mw,
                     pulse_ms=self.pulse_ms,
                     n_pulses=self.n_pulses,

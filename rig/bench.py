@@ -41,6 +41,7 @@ EXTENSIONS: tuple[str, ...] = (
     "rig.bench_gui",
     "rig.bench_scan",
     "rig.bench_record",
+    "rig.bench_pipeline",
 )
 
 

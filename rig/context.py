@@ -59,10 +59,20 @@ class ProtocolContext:
 
     @property
     def roi_centroids_um(self) -> np.ndarray:
-        """(n_rois, 2) ROI centres as (x, y) um in the imaging field (centre = 0, 0), the
-        coordinates stimulation targets use."""
+        """(n_rois, 2) ROI centres as (x, y) um in the imaging field (centre = 0, 0) where
+        the cells are in the reference image (stable: use these to choose groups)."""
         c = self._loop.pipeline.roi_centroids_um
         return np.zeros((0, 2)) if c is None else c
+
+    def roi_positions_um(self, rois: np.ndarray | list[int]) -> tuple[tuple[float, float], ...]:
+        """Where the given ROIs' cells are now: reference centres moved by this frame's motion
+        estimate (content moved by +shift). Stimulation targets must use these, or light
+        aimed at a moving brain misses its cells."""
+        c = self.roi_centroids_um[np.asarray(rois, dtype=np.int64)]
+        shift = self._loop.ring.shift[self.slot] if self.slot >= 0 else np.zeros(2)
+        py, px = self._loop.pipeline.settings.pixel_size_um
+        dy, dx = (float(shift[0]), float(shift[1])) if np.isfinite(shift).all() else (0.0, 0.0)
+        return tuple((float(x + dx * px), float(y + dy * py)) for x, y in c)
 
     def rois_near_um(
         self,
