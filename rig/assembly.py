@@ -203,7 +203,10 @@ def resonant_scanner(config: RigConfig, world: Any, clock: Any, seed: int) -> Re
 
 def stimulator_parts(config: RigConfig) -> tuple[LightStimulatorLimits, LightPathCalibration]:
     s = config.section("stimulator")
-    field_um = tuple(v / config["scanner.zoom"] for v in config["scanner.fov_um"])
+    # the photostimulation galvos reach +-range_v (10 V) x um_per_volt, whatever the imaging
+    # zoom: cells near the edge of a zoomed-in field (or moved out of it) stay reachable
+    range_v = LightPathCalibration().range_v
+    field_um = tuple(2 * range_v * upv for upv in s["um_per_volt"])
     limits = LightStimulatorLimits(
         max_power_mw=s["max_power_mw"],
         max_pulse_ms=s["max_pulse_ms"],

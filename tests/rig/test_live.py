@@ -25,7 +25,8 @@ def test_live_state_publishes_frames_on_request_and_traces(tmp_path):
     frames = []
 
     def reader():
-        while live.snapshot().status != "running":
+        deadline = time.monotonic() + 60
+        while live.snapshot().status != "running" and time.monotonic() < deadline:
             time.sleep(0.01)
         while live.snapshot().status == "running":
             live.request_frame()
@@ -64,7 +65,10 @@ def test_safe_off_stops_stimulation_and_pause_holds_the_protocol(tmp_path):
     control = RunControl()
 
     def press_safe_off():
-        while live.snapshot().stimuli == []:
+        deadline = time.monotonic() + 60
+        while live.snapshot().stimuli == [] and time.monotonic() < deadline:
+            if live.snapshot().status not in ("idle", "running"):
+                return  # the run ended without a stimulus: the assertions below say why
             time.sleep(0.01)
         control.safe_off()
 
