@@ -56,6 +56,8 @@ class LiveState:
         self._latency: deque[float] = deque(maxlen=300)
         self.history_frames = history_frames
         self._dff_hist: np.ndarray | None = None
+        self._dec_hist: np.ndarray | None = None
+        self._has_deconvolved = False
         self._times_hist = np.zeros(history_frames)
         self._hist_count = 0
 
@@ -81,6 +83,7 @@ class LiveState:
             self._snap.roi_centroids_px = centroids_px
             self._snap.n_rois = int(centroids_px.shape[0])
             self._dff_hist = np.full((self.history_frames, self._snap.n_rois), np.nan, np.float32)
+            self._dec_hist = np.full_like(self._dff_hist, np.nan)
             self._hist_count = 0
 
     def publish(
@@ -92,6 +95,7 @@ class LiveState:
         noise_level: np.ndarray | None,
         latency_ms: float,
         frames_dropped: int,
+        deconvolved: np.ndarray | None = None,
     ) -> None:
         with self._lock:
             s = self._snap
@@ -107,6 +111,9 @@ class LiveState:
                 i = self._hist_count % self.history_frames
                 self._dff_hist[i] = dff
                 self._times_hist[i] = time_s
+                if deconvolved is not None and self._dec_hist is not None:
+                    self._dec_hist[i] = deconvolved
+                    self._has_deconvolved = True
                 self._hist_count += 1
             if noise_level is not None:
                 s.noise_level = noise_level
@@ -155,6 +162,11 @@ class LiveState:
                 idx = np.arange(self._hist_count - n, self._hist_count) % self.history_frames
                 out.dff_history = self._dff_hist[idx].copy()
                 out.history_times_s = self._times_hist[idx].copy()
+                if self._has_deconvolved and self._dec_hist is not None:
+                    out.extras["deconvolved"] = {
+                        "times_s": out.history_times_s,
+                        "values": self._dec_hist[idx].copy(),
+                    }
             return out
 
 

@@ -327,6 +327,7 @@ class RunLoop:
             pipeline.noise_level,
             latency_ms,
             self.frames_dropped,
+            ring.calcium[slot, :n] if n and pipeline.settings.deconvolution else None,
         )
 
     def _record(self) -> None:

@@ -56,6 +56,10 @@ def test_live_state_publishes_frames_on_request_and_traces(tmp_path):
     assert snap.n_rois == result.summary["n_rois"] > 0
     assert snap.roi_label_image.shape == snap.frame_shape
     assert snap.dff_history.shape[1] == snap.n_rois
+    # the deconvolution stage's calcium travels with the dF/F history (GUI traces)
+    dec = snap.extras["deconvolved"]
+    assert dec["values"].shape == snap.dff_history.shape
+    np.testing.assert_array_equal(dec["times_s"], snap.history_times_s)
     assert len(snap.stimuli) == result.summary["stimuli"] > 0
     assert snap.latency_p99_ms is not None
 
