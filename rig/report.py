@@ -199,24 +199,9 @@ def _read_summary(path: pathlib.Path) -> dict[str, Any]:
 
 def _read_events(path: pathlib.Path) -> tuple[list[dict[str, Any]], int]:
     """Parse events.jsonl; lines that are not JSON objects (a torn last line) are counted."""
-    if not path.is_file():
-        return [], 0
-    events: list[dict[str, Any]] = []
-    unreadable = 0
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for line in lines:
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                unreadable += 1
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-            else:
-                unreadable += 1
-    return events, unreadable
+    from rig.session import read_events
+
+    return read_events(path)
 
 
 def _dataset(
