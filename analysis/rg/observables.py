@@ -103,86 +103,208 @@ def histogram_bin(value: float, hist_max: float, n_bins: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _level_sums(
-    values: np.ndarray,
-    raw: np.ndarray,
-    active: np.ndarray,
-    max_lag: int,
-    hist_max: float,
-    power_sums: np.ndarray,
-    hist: np.ndarray,
-    raw_moments: np.ndarray,
-    lag_products: np.ndarray,
-    totals: np.ndarray,
-    first_sums: np.ndarray,
-    last_sums: np.ndarray,
-) -> int:
-    """One pass over one level's (n, T) arrays. Accumulates the nonzero-value power sums
-    (v^0..v^4) and histogram, per cluster the raw sum and sum of squares, the lagged products
-    sum_t x(t) x(t + tau) (skipping x(t) == 0), the total and the sums of the first and last
-    tau values (tau <= max_lag). Returns the number of silent samples."""
-    n, t_len = values.shape
-    n_bins = hist.shape[0] - 1
-    silent = 0
-    for c in range(n):
-        row = values[c]
-        raw_row = raw[c]
-        acc = lag_products[c]
-        s_raw = 0.0
-        s_raw2 = 0.0
-        total = 0.0
-        for t in range(t_len):
-            r = raw_row[t]
-            s_raw += r
-            s_raw2 += r * r
-            v = row[t]
-            total += v
-            if active[c, t]:
-                v2 = v * v
-                power_sums[0] += 1.0
-                power_sums[1] += v
-                power_sums[2] += v2
-                power_sums[3] += v2 * v
-                power_sums[4] += v2 * v2
-                hist[histogram_bin(v, hist_max, n_bins)] += 1
+def forest_postorder(
+    start: np.ndarray, child_a: np.ndarray, child_b: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Visit order, level and slot of every variable of the tree (flat layout, tree.py).
+
+    The variables form a forest: the top-level clusters and the leftovers of odd levels are
+    the roots. Post-order (child a's subtree, child b's subtree, then the node) means a node's
+    two children are finished just before it; a child goes to slot 0 (child a) or 1 (child b)
+    of its level, so two row buffers per level hold everything a node needs."""
+    total = start[start.shape[0] - 1]
+    n_levels = start.shape[0] - 1
+    level = np.empty(total, dtype=np.int64)
+    for k in range(n_levels):
+        for g in range(start[k], start[k + 1]):
+            level[g] = k
+    has_parent = np.zeros(total, dtype=np.bool_)
+    slot = np.zeros(total, dtype=np.int64)
+    for g in range(total):
+        if child_a[g] >= 0:
+            has_parent[child_a[g]] = True
+            has_parent[child_b[g]] = True
+            slot[child_b[g]] = 1
+    order = np.empty(total, dtype=np.int64)
+    expanded = np.zeros(total, dtype=np.bool_)
+    stack = np.empty(2 * n_levels + 2, dtype=np.int64)
+    n_out = 0
+    for root in range(total):
+        if has_parent[root]:
+            continue
+        top = 0
+        stack[0] = root
+        while top >= 0:
+            g = stack[top]
+            if child_a[g] < 0 or expanded[g]:
+                order[n_out] = g
+                n_out += 1
+                top -= 1
             else:
-                silent += 1
-            if v != 0.0:
-                stop = min(max_lag, t_len - 1 - t)
-                for tau in range(stop + 1):
-                    acc[tau] += v * row[t + tau]
-        raw_moments[c, 0] = s_raw
-        raw_moments[c, 1] = s_raw2
-        totals[c] = total
-        first_sums[c, 0] = 0.0
-        last_sums[c, 0] = 0.0
-        for tau in range(1, max_lag + 1):
-            first_sums[c, tau] = first_sums[c, tau - 1] + (row[tau - 1] if tau <= t_len else 0.0)
-            last_sums[c, tau] = last_sums[c, tau - 1] + (row[t_len - tau] if tau <= t_len else 0.0)
-    return silent
+                expanded[g] = True
+                stack[top + 1] = child_b[g]
+                stack[top + 2] = child_a[g]
+                top += 2
+    return order, level, slot
 
 
 @numba.njit(cache=True, nogil=True)
-def _next_level(
+def _forest_sums(
+    x: np.ndarray,
+    order: np.ndarray,
+    level: np.ndarray,
+    slot: np.ndarray,
+    scale: np.ndarray,
+    max_lag: int,
+    hist_max: float,
+    positions: np.ndarray,
     values: np.ndarray,
-    raw: np.ndarray,
-    active: np.ndarray,
-    pairs: np.ndarray,
-    z: np.ndarray,
-    out_values: np.ndarray,
-    out_raw: np.ndarray,
-    out_active: np.ndarray,
+    raws: np.ndarray,
+    lengths: np.ndarray,
+    dense: np.ndarray,
+    power_sums: np.ndarray,
+    hist: np.ndarray,
+    silent: np.ndarray,
+    raw_moments: np.ndarray,
+    totals: np.ndarray,
+    lag_products: np.ndarray,
+    first_sums: np.ndarray,
+    last_sums: np.ndarray,
 ) -> None:
-    """Level k + 1 from level k: Z (xhat_a + xhat_b), raw sums, silence = both silent."""
-    n, t_len = out_values.shape
-    for c in range(n):
-        a = pairs[c, 0]
-        b = pairs[c, 1]
-        zc = z[c]
-        for t in range(t_len):
-            out_values[c, t] = zc * (values[a, t] + values[b, t])
-            out_raw[c, t] = raw[a, t] + raw[b, t]
-            out_active[c, t] = active[a, t] or active[b, t]
+    """The sums of ``_level_sums`` for every variable of every level, in one pass over x.
+
+    Each variable is held as its *active* frames only (sorted frame indices with the
+    normalized value and the raw sum there): outside them every member is zero, so the value
+    and the raw sum are exactly 0 and add nothing to any sum. A level-k + 1 variable is the
+    merge of its two children's lists, Z (xhat_a + xhat_b) where both are active. Deconvolved
+    activity is mostly exact zeros, so this costs the active samples (plus, for the lagged
+    products, the active pairs less than max_lag apart) instead of N T per level; the rows
+    stay in cache (two buffers per level, post-order). Sums over t are taken in increasing t
+    like ``_level_sums`` (skipped terms are exact zeros), so per variable the results are the
+    same; the per-level power sums add the variables in tree order instead of index order.
+    Caller zeroes power_sums, hist, silent and lag_products."""
+    t_len = x.shape[1]
+    n_bins = hist.shape[1] - 1
+    for idx in range(order.shape[0]):
+        g = order[idx]
+        k = level[g]
+        s = slot[g]
+        pos = positions[k, s]
+        val = values[k, s]
+        raw = raws[k, s]
+        m = 0
+        if k == 0:
+            row = x[g]
+            w = scale[g]
+            for t in range(t_len):
+                r = row[t]
+                if r != 0.0:
+                    pos[m] = t
+                    val[m] = w * r
+                    raw[m] = r
+                    m += 1
+        else:
+            # post-order: child a has just been finished in slot 0, child b in slot 1
+            pa, va, ra, ma = (
+                positions[k - 1, 0],
+                values[k - 1, 0],
+                raws[k - 1, 0],
+                lengths[k - 1, 0],
+            )
+            pb, vb, rb, mb = (
+                positions[k - 1, 1],
+                values[k - 1, 1],
+                raws[k - 1, 1],
+                lengths[k - 1, 1],
+            )
+            z = scale[g]
+            i = 0
+            j = 0
+            while i < ma or j < mb:
+                if j >= mb or (i < ma and pa[i] < pb[j]):
+                    pos[m] = pa[i]
+                    val[m] = z * va[i]
+                    raw[m] = ra[i]
+                    i += 1
+                elif i >= ma or pb[j] < pa[i]:
+                    pos[m] = pb[j]
+                    val[m] = z * vb[j]
+                    raw[m] = rb[j]
+                    j += 1
+                else:
+                    pos[m] = pa[i]
+                    val[m] = z * (va[i] + vb[j])
+                    raw[m] = ra[i] + rb[j]
+                    i += 1
+                    j += 1
+                m += 1
+        lengths[k, s] = m
+        silent[k] += t_len - m
+        s_raw = 0.0
+        s_raw2 = 0.0
+        total = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        level_hist = hist[k]
+        for p in range(m):
+            r = raw[p]
+            s_raw += r
+            s_raw2 += r * r
+            v = val[p]
+            total += v
+            v2 = v * v
+            s2 += v2
+            s3 += v2 * v
+            s4 += v2 * v2
+            level_hist[histogram_bin(v, hist_max, n_bins)] += 1
+        power_sums[k, 0] += m
+        power_sums[k, 1] += total
+        power_sums[k, 2] += s2
+        power_sums[k, 3] += s3
+        power_sums[k, 4] += s4
+        raw_moments[g, 0] = s_raw
+        raw_moments[g, 1] = s_raw2
+        totals[g] = total
+        acc = lag_products[g]
+        if 8 * m > t_len:  # dense enough: a contiguous row makes the lag loop vectorize
+            dense[:t_len] = 0.0
+            for p in range(m):
+                dense[pos[p]] = val[p]
+            for p in range(m):
+                v = val[p]
+                if v != 0.0:
+                    t = pos[p]
+                    stop = min(max_lag, t_len - 1 - t)
+                    for tau in range(stop + 1):
+                        acc[tau] += v * dense[t + tau]
+        else:
+            for p in range(m):
+                v = val[p]
+                if v != 0.0:
+                    t = pos[p]
+                    for q in range(p, m):
+                        d = pos[q] - t
+                        if d > max_lag:
+                            break
+                        acc[d] += v * val[q]
+        first = first_sums[g]
+        last = last_sums[g]
+        first[:] = 0.0
+        last[:] = 0.0
+        for p in range(m):  # first_sums[tau] = sum of the values of frames 0..tau - 1
+            t = pos[p]
+            if t >= max_lag:
+                break
+            first[t + 1] = val[p]
+        for p in range(m - 1, -1, -1):  # last_sums[tau] = sum of frames T - tau..T - 1
+            t = pos[p]
+            if t < t_len - max_lag:
+                break
+            last[t_len - t] = val[p]
+        for tau in range(1, max_lag + 1):
+            first[tau] = first[tau - 1] + first[tau]
+            last[tau] = last[tau - 1] + last[tau]
 
 
 def autocovariance_from_sums(
@@ -321,49 +443,56 @@ def measure(
     power = np.zeros((levels + 1, 5))
     hist = np.zeros((levels + 1, hist_bins + 1), dtype=np.int64)
 
-    def levels_iter():
-        values = tree.neuron_weights[:, None] * x
-        raw = x
-        active = x != 0
-        yield values, raw, active
-        for k in range(levels):
-            m = tree.pairs[k].shape[0]
-            nv, nr, na = np.empty((m, t)), np.empty((m, t)), np.empty((m, t), dtype=np.bool_)
-            _next_level(values, raw, active, tree.pairs[k], tree.scales[k], nv, nr, na)
-            values, raw, active = nv, nr, na
-            yield values, raw, active
+    start, child_a, child_b, scale = tree.flat_layout()
+    order, level_of, slot = forest_postorder(start, child_a, child_b)
+    total = int(start[-1])
+    x = np.ascontiguousarray(x)
+    positions = np.empty((levels + 1, 2, t), dtype=np.int64)
+    values = np.empty((levels + 1, 2, t))
+    raws = np.empty((levels + 1, 2, t))
+    lengths = np.zeros((levels + 1, 2), dtype=np.int64)
+    dense = np.empty(t)
+    raw_moments = np.empty((total, 2))
+    totals = np.empty(total)
 
     def pass_levels(lag: int, first_pass: bool) -> np.ndarray:
+        products = np.zeros((total, lag + 1))
+        first = np.empty((total, lag + 1))
+        last = np.empty((total, lag + 1))
+        scratch_power = power if first_pass else np.zeros_like(power)
+        scratch_hist = hist if first_pass else np.zeros_like(hist)
+        silent = np.zeros(levels + 1, dtype=np.int64)
+        _forest_sums(
+            x,
+            order,
+            level_of,
+            slot,
+            scale,
+            lag,
+            hist_max,
+            positions,
+            values,
+            raws,
+            lengths,
+            dense,
+            scratch_power,
+            scratch_hist,
+            silent,
+            raw_moments,
+            totals,
+            products,
+            first,
+            last,
+        )
         c_raw = np.full((levels + 1, lag + 1), np.nan)
-        for k, (values, raw, active) in enumerate(levels_iter()):
-            m = values.shape[0]
-            products = np.zeros((m, lag + 1))
-            raw_moments = np.empty((m, 2))
-            totals = np.empty(m)
-            first = np.empty((m, lag + 1))
-            last = np.empty((m, lag + 1))
-            scratch_power = power[k] if first_pass else np.zeros(5)
-            scratch_hist = hist[k] if first_pass else np.zeros(hist_bins + 1, dtype=np.int64)
-            silent = _level_sums(
-                values,
-                raw,
-                active,
-                lag,
-                hist_max,
-                scratch_power,
-                scratch_hist,
-                raw_moments,
-                products,
-                totals,
-                first,
-                last,
-            )
+        for k in range(levels + 1):
+            sl = slice(start[k], start[k + 1])
             if first_pass:
-                n_silent[k] = silent
-                p0[k] = silent / values.size
-                raw_mean = raw_moments[:, 0] / t
-                m2[k] = float(np.mean(raw_moments[:, 1] / t - raw_mean**2))
-            c_raw[k] = autocovariance_from_sums(products, totals, first, last, t)
+                n_silent[k] = silent[k]
+                p0[k] = silent[k] / (n_clusters[k] * t)
+                raw_mean = raw_moments[sl, 0] / t
+                m2[k] = float(np.mean(raw_moments[sl, 1] / t - raw_mean**2))
+            c_raw[k] = autocovariance_from_sums(products[sl], totals[sl], first[sl], last[sl], t)
         return c_raw
 
     def normalized(c: np.ndarray) -> np.ndarray:

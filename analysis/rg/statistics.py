@@ -100,26 +100,65 @@ def mirror_upper_to_lower(a: np.ndarray, n: int) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _sparse_second_moment(activity: np.ndarray, out: np.ndarray) -> None:
-    """out[i, j] += sum_t x_i(t) x_j(t) for i <= j over the nonzero entries only."""
+def _scan_rows(
+    activity: np.ndarray, raw_sums: np.ndarray, frame_counts: np.ndarray, bits: np.ndarray
+) -> None:
+    """One pass over (N, T) activity: raw_sums[i] = sum_t x_i(t) (in increasing t, as a
+    stream adds them), frame_counts[t] = active neurons in frame t, bit t of bits[i] set when
+    x_i(t) != 0. bits must be zero on entry."""
     n, t_len = activity.shape
-    counts = np.zeros(t_len + 1, dtype=np.int64)
     for i in range(n):
+        row = activity[i]
+        bit_row = bits[i]
+        total = 0.0
         for t in range(t_len):
-            if activity[i, t] != 0.0:
-                counts[t + 1] += 1
+            v = row[t]
+            total += v
+            if v != 0.0:
+                frame_counts[t] += 1
+                bit_row[t >> 6] |= np.uint64(1) << np.uint64(t & 63)
+        raw_sums[i] = total
+
+
+#: lowest set bit of a word w: ((w & -w) * _DE_BRUIJN_64) >> 58 is a distinct 6-bit code for each
+#: bit position (a de Bruijn sequence); _DE_BRUIJN_INDEX maps the code back to the position
+_DE_BRUIJN_64 = np.uint64(0x03F79D71B4CB0A89)
+_DE_BRUIJN_INDEX = np.zeros(64, dtype=np.int64)
+for _bit in range(64):
+    _DE_BRUIJN_INDEX[(((1 << _bit) * 0x03F79D71B4CB0A89) & (2**64 - 1)) >> 58] = _bit
+
+
+@numba.njit(cache=True, nogil=True)
+def _sparse_second_moment(
+    activity: np.ndarray,
+    bits: np.ndarray,
+    frame_counts: np.ndarray,
+    de_bruijn_index: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """out[i, j] += sum_t x_i(t) x_j(t) for i <= j over the nonzero entries only: the nonzero
+    samples are found from the bit sets (lowest set bit by a de Bruijn multiplication), so
+    only they are read, sorted into per-frame lists, and each frame adds the products of its
+    active neurons (sum_t a_t^2 / 2 multiply-adds)."""
+    n = activity.shape[0]
+    t_len = frame_counts.shape[0]
+    counts = np.zeros(t_len + 1, dtype=np.int64)
     for t in range(t_len):
-        counts[t + 1] += counts[t]
+        counts[t + 1] = counts[t] + frame_counts[t]
     fill = counts[:-1].copy()
     index = np.empty(counts[t_len], dtype=np.int64)
     value = np.empty(counts[t_len], dtype=np.float64)
     for i in range(n):  # rows in ascending order -> each frame's list is sorted by neuron
-        for t in range(t_len):
-            v = activity[i, t]
-            if v != 0.0:
+        row = activity[i]
+        for w in range(bits.shape[1]):
+            word = bits[i, w]
+            while word != np.uint64(0):
+                lowest = word & (~word + np.uint64(1))
+                t = (w << 6) + de_bruijn_index[(lowest * _DE_BRUIJN_64) >> np.uint64(58)]
                 index[fill[t]] = i
-                value[fill[t]] = v
+                value[fill[t]] = row[t]
                 fill[t] += 1
+                word ^= lowest
     for t in range(t_len):
         start = counts[t]
         stop = counts[t + 1]
@@ -131,23 +170,24 @@ def _sparse_second_moment(activity: np.ndarray, out: np.ndarray) -> None:
                 row[index[q]] += vi * value[q]
 
 
-def sparse_work_fraction(activity: np.ndarray) -> float:
-    """sum_t a_t^2 / (N^2 T): the fraction of products the sparse accumulation performs."""
-    n, t = activity.shape
-    active = np.count_nonzero(activity, axis=0).astype(np.float64)
-    return float(np.sum(active**2) / (float(n) * n * t))
-
-
 def pairing_statistics(activity: np.ndarray) -> PairingStatistics:
-    """Statistics of all frames of ``activity`` ((N, T) finite float64), full rows valid."""
+    """Statistics of all frames of ``activity`` ((N, T) finite float64), full rows valid.
+
+    One pass over the activity gives the raw sums, the bit sets and the active neurons per
+    frame; the second moments then come from the nonzero samples (sparse, deconvolved
+    activity) or from one BLAS product (dense activity), whichever does less work."""
     x = np.ascontiguousarray(activity, dtype=np.float64)
     n, t = x.shape
-    if sparse_work_fraction(x) < SPARSE_WORK_FRACTION:
-        shift = np.zeros(n)
+    raw_sums = np.empty(n)
+    frame_counts = np.zeros(t, dtype=np.int64)
+    bits = np.zeros((n, (t + 63) // 64), dtype=np.uint64)
+    _scan_rows(x, raw_sums, frame_counts, bits)
+    work_fraction = float(np.sum(frame_counts.astype(np.float64) ** 2) / (float(n) * n * t))
+    if work_fraction < SPARSE_WORK_FRACTION:
         second = np.zeros((n, n))
-        _sparse_second_moment(x, second)
+        _sparse_second_moment(x, bits, frame_counts, _DE_BRUIJN_INDEX, second)
         mirror_upper_to_lower(second, n)
-        shifted_sums = x.sum(axis=1)
+        shifted_sums = raw_sums.copy()  # shift 0
     else:
         shift = x[:, 0].copy()
         shifted = x - shift[:, None]
@@ -159,8 +199,8 @@ def pairing_statistics(activity: np.ndarray) -> PairingStatistics:
         n_frames=t,
         second_moment=second,
         shifted_sums=shifted_sums,
-        raw_sums=x.sum(axis=1),
-        nonzero_bits=nonzero_bitsets(x),
+        raw_sums=raw_sums,
+        nonzero_bits=bits,
     )
 
 

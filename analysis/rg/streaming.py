@@ -197,6 +197,8 @@ class OnlineCoarseGraining:
 
     update(row)      one frame (shape (n_neurons,)); returns False if rejected (NaN/inf)
     repair()         re-pair on the current pairing window; observables restart
+    begin_repair()   the same as a RepairJob whose run() may go on a worker thread while
+                     update() continues; finish_repair(job) installs its tree between frames
     observables()    running observables since the last re-pairing (Observables)
     exponents()      beta, alpha, mu, z fitted to them (no error bars online)
     coarse_values(k) this frame's normalized level-k variables (a view)
@@ -216,6 +218,7 @@ class OnlineCoarseGraining:
         hist_max: float = HIST_MAX,
         hist_bins: int = HIST_BINS,
         capacity_frames: int = 8192,
+        repair_in_update: bool = True,
     ) -> None:
         n = _positive_int("n_neurons", n_neurons)
         self.n_neurons = n
@@ -224,6 +227,7 @@ class OnlineCoarseGraining:
         if repair_every_frames is not None:
             repair_every_frames = _positive_int("repair_every_frames", repair_every_frames)
         self.repair_every_frames = repair_every_frames
+        self.repair_in_update = bool(repair_in_update)
         if window_frames is not None:
             window_frames = _positive_int("window_frames", window_frames)
             if window_frames < 2:
@@ -236,18 +240,14 @@ class OnlineCoarseGraining:
         self.hist_bins = _positive_int("hist_bins", hist_bins)
 
         b = self.block_frames
-        rows = 2 * b if window_frames else b
-        self._fill_left = np.zeros((rows, n))
-        self._pend_left = np.zeros((rows, n))
-        if window_frames:
-            self._fill_right = np.zeros((rows, n))
-            self._pend_right = np.zeros((rows, n))
-        else:  # without removals left == right: one buffer serves both
-            self._fill_right = self._fill_left
-            self._pend_right = self._pend_left
+        self._block_rows = 2 * b if window_frames else b
+        self._spare_blocks = [self._new_block(), self._new_block()]
+        self._fill_left, self._fill_right = self._new_block()
         self._fill_count = 0
-        self._pend_count = 0
-        self._pend_slab = b  # no pending block
+        self._waiting: list[_Block] = []  # complete blocks being added, oldest first
+        self.block_buffer_growths = 0
+        self._job: RepairJob | None = None
+        self._last_spectra: dict = {}
         self._slabs = _slab_edges(n, b)
         heights = np.diff(self._slabs)
         widths = n - self._slabs[:-1]
@@ -282,24 +282,40 @@ class OnlineCoarseGraining:
         every = self.repair_every_frames
         if every is None:
             return False
+        if self._job is not None:
+            return False  # a re-pairing is already under way
         since = self.frames_seen if self.tree is None else self.frames_since_repair
         return since >= every
 
+    @property
+    def repair_running(self) -> bool:
+        """True between begin_repair() and finish_repair()."""
+        return self._job is not None
+
     def state_bytes(self) -> int:
-        arrays = [
-            self._fill_left,
-            self._pend_left,
-            self._work,
-            self.second_moment,
-            self._bits,
-            self._ring,
-            *self._workspace,
-        ]
-        if self.window_frames:
-            arrays += [self._fill_right, self._pend_right]
+        arrays = [self._work, self.second_moment, self._bits, self._ring, *self._workspace]
+        blocks = [(self._fill_left, self._fill_right), *self._spare_blocks]
+        blocks += [(b.left, b.right) for b in self._waiting]
+        if self._job is not None:
+            blocks += [(b.left, b.right) for b in self._job.blocks]
+            arrays += [self._job.shifted_sums, self._job.raw_sums, self._job.nonzero_bits]
+        for left, right in blocks:
+            arrays += [left] if right is left else [left, right]
         if self._layout is not None:
             arrays += list(self._layout)
         return int(sum(a.nbytes for a in arrays))
+
+    def _new_block(self) -> tuple[np.ndarray, np.ndarray]:
+        left = np.zeros((self._block_rows, self.n_neurons))
+        # without removals left == right: one buffer serves both
+        right = np.zeros_like(left) if self.window_frames else left
+        return left, right
+
+    def _take_spare(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._spare_blocks:  # more blocks completed during a re-pairing than spares
+            self.block_buffer_growths += 1
+            return self._new_block()
+        return self._spare_blocks.pop()
 
     # --------------------------------------------------------------------------------------
     def update(self, activity_row: np.ndarray) -> bool:
@@ -346,20 +362,54 @@ class OnlineCoarseGraining:
         self.frames_seen += 1
         self._fill_count += 1
         if self._fill_count == self.block_frames:
-            self._finish_pending()
-            self._fill_left, self._pend_left = self._pend_left, self._fill_left
-            self._fill_right, self._pend_right = self._pend_right, self._fill_right
-            self._pend_count = self._fill_count
-            self._fill_count = 0
-            self._pend_slab = 0
-        if self._pend_slab < self.block_frames:
-            self._apply_slab(self._pend_left, self._pend_right, self._pend_slab)
-            self._pend_slab += 1
+            self._block_complete()
+        if self._job is None:  # while a re-pairing runs the matrix is its: blocks wait
+            self._advance_waiting()
         if self._layout is not None:
             self._observe(row)
-        if self.repair_due:
+        if self.repair_in_update and self.repair_due:
             self.repair()
         return True
+
+    def _block_complete(self) -> None:
+        if self._job is None:
+            self._finish_waiting()
+        self._waiting.append(_Block(self._fill_left, self._fill_right))
+        self._fill_left, self._fill_right = self._take_spare()
+        self._fill_count = 0
+
+    def _advance_waiting(self) -> None:
+        """One slab of every waiting block (older blocks are never behind newer ones, so each
+        matrix element receives the blocks in the order the frames came)."""
+        for block in self._waiting:
+            if block.next_slab < self.block_frames:
+                self._apply_slab(block.left, block.right, block.next_slab)
+                block.next_slab += 1
+        while self._waiting and self._waiting[0].next_slab >= self.block_frames:
+            done = self._waiting.pop(0)
+            self._spare_blocks.append((done.left, done.right))
+
+    def _finish_blocks(self, blocks: list[_Block]) -> None:
+        for block in blocks:
+            while block.next_slab < self.block_frames:
+                self._apply_slab(block.left, block.right, block.next_slab)
+                block.next_slab += 1
+
+    def _finish_waiting(self) -> None:
+        self._finish_blocks(self._waiting)
+        self._spare_blocks += [(b.left, b.right) for b in self._waiting]
+        self._waiting.clear()
+
+    def _apply_partial_block(self, left: np.ndarray, right: np.ndarray, frames: int) -> None:
+        """Add a block holding only ``frames`` frames: unused rows must not contribute."""
+        b = self.block_frames
+        left[frames:b] = 0.0
+        if self.window_frames:
+            left[b + frames :] = 0.0
+            right[frames:b] = 0.0
+            right[b + frames :] = 0.0
+        for slab in range(b):
+            self._apply_slab(left, right, slab)
 
     def _apply_slab(self, left: np.ndarray, right: np.ndarray, slab: int) -> None:
         r0 = int(self._slabs[slab])
@@ -371,26 +421,20 @@ class OnlineCoarseGraining:
         np.matmul(left[:, r0:r1].T, right[:, r0:], out=out)
         _add_into(self.second_moment, r0, out)
 
-    def _finish_pending(self) -> None:
-        while self._pend_slab < self.block_frames:
-            self._apply_slab(self._pend_left, self._pend_right, self._pend_slab)
-            self._pend_slab += 1
-
     def flush(self) -> None:
         """Bring the second-moment matrix up to date with every frame received."""
-        self._finish_pending()
-        j = self._fill_count
-        if j:
-            rows = self._fill_left.shape[0]
-            # unused rows of the partial block must not contribute: zero them, then apply
-            self._fill_left[j : self.block_frames] = 0.0
-            if self.window_frames:
-                self._fill_left[self.block_frames + j : rows] = 0.0
-                self._fill_right[j : self.block_frames] = 0.0
-                self._fill_right[self.block_frames + j : rows] = 0.0
-            for slab in range(self.block_frames):
-                self._apply_slab(self._fill_left, self._fill_right, slab)
+        self._check_no_job("flush the second-moment matrix")
+        self._finish_waiting()
+        if self._fill_count:
+            self._apply_partial_block(self._fill_left, self._fill_right, self._fill_count)
             self._fill_count = 0
+
+    def _check_no_job(self, what: str) -> None:
+        if self._job is not None:
+            raise RuntimeError(
+                f"cannot {what} while a re-pairing is running (the matrix is the job's until "
+                "finish_repair(job))"
+            )
 
     def _grow_bits(self) -> None:
         grown = np.zeros((self.n_neurons, 2 * self._bits.shape[1]), dtype=np.uint64)
@@ -403,39 +447,80 @@ class OnlineCoarseGraining:
         """The current pairing window's statistics (upper triangle valid; after ``repair``
         also the full rows)."""
         self.flush()
-        words = self._bits.shape[1]
-        if not self.window_frames:
-            words = min(words, (self.frames_seen + 63) // 64)
         return PairingStatistics(
             n_frames=self.frames_in_window,
             second_moment=self.second_moment,
             shifted_sums=self.shifted_sums,
             raw_sums=self.raw_sums,
-            nonzero_bits=self._bits[:, :words],
+            nonzero_bits=self._window_bits(),
             rows_valid=False,
         )
 
+    def _window_bits(self) -> np.ndarray:
+        words = self._bits.shape[1]
+        if not self.window_frames:
+            words = min(words, (self.frames_seen + 63) // 64)
+        return self._bits[:, :words]
+
     def repair(self) -> CoarseGrainingTree:
-        """Re-pair on the pairing window; the observables restart from the next frame."""
+        """Re-pair on the pairing window now; the observables restart from the next frame.
+        The same as ``finish_repair`` of a ``begin_repair`` job run on this thread."""
+        job = self.begin_repair()
+        job.run()
+        return self.finish_repair(job)
+
+    def begin_repair(self) -> RepairJob:
+        """Start a re-pairing on the pairing window as it is now, to run elsewhere.
+
+        Cheap (copies of the sums and bit sets, O(N x window / 64)): the block products not yet
+        in the second-moment matrix are handed to the job, which adds them, pairs all levels and
+        keeps the tree. ``job.run()`` may run on another thread (numba kernels and BLAS release
+        the GIL) while this stage keeps taking frames: they go into new blocks that wait, and
+        the observables keep using the old tree. ``finish_repair(job)`` installs the tree
+        between two frames (observables restart) and the waiting blocks are then added one
+        slab per frame. The result is the tree ``repair()`` would have built at this frame.
+        Until then flush(), pairing_statistics() and a second begin_repair() raise, and
+        observables() repeats the last spectra."""
+        if self._job is not None:
+            raise RuntimeError("a re-pairing is already running: finish_repair(job) first")
         if self.frames_in_window < 2:
             raise ValueError(
                 f"re-pairing needs at least 2 frames in the pairing window, got "
                 f"{self.frames_in_window}"
             )
-        stats = self.pairing_statistics()
-        mirror_upper_to_lower(self.second_moment, self.n_neurons)
-        stats = PairingStatistics(
-            stats.n_frames,
-            stats.second_moment,
-            stats.shifted_sums,
-            stats.raw_sums,
-            stats.nonzero_bits,
-            rows_valid=True,
+        blocks = self._waiting
+        self._waiting = []
+        if self._fill_count:
+            partial = _Block(self._fill_left, self._fill_right, frames=self._fill_count)
+            blocks.append(partial)
+            self._fill_left, self._fill_right = self._take_spare()
+            self._fill_count = 0
+        job = RepairJob(
+            self,
+            blocks,
+            n_frames=self.frames_in_window,
+            shifted_sums=self.shifted_sums.copy(),
+            raw_sums=self.raw_sums.copy(),
+            nonzero_bits=self._window_bits().copy(),
         )
-        tree = build_tree(stats, self.levels, bad_mean="zero", workspace=self._workspace)
-        self._install(tree)
+        self._job = job
+        return job
+
+    def finish_repair(self, job: RepairJob) -> CoarseGrainingTree:
+        """Install the tree of a finished job (call between frames, on the stage's thread);
+        re-raises the job's error, if it failed, after releasing the stage."""
+        if job is not self._job:
+            raise ValueError("finish_repair: this job is not the running re-pairing of this stage")
+        if job.error is None and job.tree is None:
+            raise RuntimeError("finish_repair: the job has not run yet (call job.run())")
+        self._job = None
+        self._spare_blocks += [(b.left, b.right) for b in job.blocks]
+        if job.error is not None:
+            raise job.error
+        assert job.tree is not None
+        self._install(job.tree)
         self.repair_count += 1
-        return tree
+        return job.tree
 
     def _install(self, tree: CoarseGrainingTree) -> None:
         start, child_a, child_b, scale = tree.flat_layout()
@@ -548,8 +633,13 @@ class OnlineCoarseGraining:
         with np.errstate(invalid="ignore", divide="ignore"):
             density = self._hist[:, : self.hist_bins] / (self._power[:, :1] * width)
             overflow = self._hist[:, self.hist_bins] / self._power[:, 0]
-        spectra = cluster_spectra(self.pairing_statistics(), tree, self.spectrum_sizes)
         notes = []
+        if self._job is None:
+            spectra = cluster_spectra(self.pairing_statistics(), tree, self.spectrum_sizes)
+            self._last_spectra = spectra
+        else:
+            spectra = self._last_spectra
+            notes.append("re-pairing running: spectra as of the last call before it")
         if tree.unnormalizable.any():
             notes.append(
                 f"{int(tree.unnormalizable.sum())} neuron(s) with nonzero values averaging <= 0 "
@@ -588,3 +678,67 @@ def _positive_int(name: str, value: int) -> int:
     if isinstance(value, bool) or int(value) != value or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+class _Block:
+    """A block of frames for the second-moment product: left^T right is added one slab of rows
+    at a time (next_slab); ``frames`` < block_frames marks a partial block (flushed whole)."""
+
+    __slots__ = ("left", "right", "next_slab", "frames")
+
+    def __init__(self, left: np.ndarray, right: np.ndarray, frames: int = -1) -> None:
+        self.left = left
+        self.right = right
+        self.next_slab = 0
+        self.frames = frames
+
+
+class RepairJob:
+    """A re-pairing handed out by ``OnlineCoarseGraining.begin_repair()``.
+
+    ``run()`` adds the blocks the matrix was missing at that frame, mirrors it and builds the
+    tree from the copied sums and bit sets; it touches no state the stage's ``update`` uses,
+    so it may run on another thread. ``tree`` (or ``error``) is set when it is done."""
+
+    def __init__(
+        self,
+        stage: OnlineCoarseGraining,
+        blocks: list[_Block],
+        *,
+        n_frames: int,
+        shifted_sums: np.ndarray,
+        raw_sums: np.ndarray,
+        nonzero_bits: np.ndarray,
+    ) -> None:
+        self.stage = stage
+        self.blocks = blocks
+        self.n_frames = n_frames
+        self.shifted_sums = shifted_sums
+        self.raw_sums = raw_sums
+        self.nonzero_bits = nonzero_bits
+        self.tree: CoarseGrainingTree | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> CoarseGrainingTree:
+        stage = self.stage
+        try:
+            for block in self.blocks:  # in frame order, as flush() adds them
+                if block.frames >= 0:
+                    stage._apply_partial_block(block.left, block.right, block.frames)
+                    block.next_slab = stage.block_frames
+                else:
+                    stage._finish_blocks([block])
+            mirror_upper_to_lower(stage.second_moment, stage.n_neurons)
+            stats = PairingStatistics(
+                self.n_frames,
+                stage.second_moment,
+                self.shifted_sums,
+                self.raw_sums,
+                self.nonzero_bits,
+                rows_valid=True,
+            )
+            self.tree = build_tree(stats, stage.levels, bad_mean="zero", workspace=stage._workspace)
+        except Exception as e:  # handed to finish_repair on the stage's thread
+            self.error = e
+            raise
+        return self.tree

@@ -1,5 +1,6 @@
 """The online stage agrees with the batch analysis on the same data and pairing window."""
 
+import threading
 import tracemalloc
 
 import numpy as np
@@ -138,6 +139,63 @@ def test_update_allocates_nothing(activity):
         tracemalloc.stop()
     assert current - before < 1024
     assert peak - before < 16 * 1024  # no array of N x anything (N x 8 bytes = 1 KB per row)
+
+
+@pytest.mark.parametrize("window_frames", [None, 700])
+def test_repair_on_a_worker_thread_equals_a_synchronous_repair(activity, window_frames):
+    """begin_repair / job.run() on another thread / finish_repair gives the tree repair() gives
+    at the frame it began, and frames taken meanwhile end up in the statistics exactly as if
+    the repair had been synchronous (each matrix element receives the blocks in frame order)."""
+    x = activity
+    kwargs = dict(block_frames=16, window_frames=window_frames, max_lag_frames=LAG)
+    sync = OnlineCoarseGraining(N, LEVELS, **kwargs)
+    background = OnlineCoarseGraining(N, LEVELS, **kwargs)
+    feed(sync, x, 0, 1234)
+    feed(background, x, 0, 1234)
+    expected = sync.repair()
+    job = background.begin_repair()
+    worker = threading.Thread(target=job.run)
+    worker.start()
+    feed(background, x, 1234, 1300)  # 4 blocks complete and wait while the job owns the matrix
+    worker.join()
+    assert background.repair_running
+    tree = background.finish_repair(job)
+    assert not background.repair_running
+    for k in range(LEVELS):
+        np.testing.assert_array_equal(tree.pairs[k], expected.pairs[k])
+        np.testing.assert_array_equal(tree.scales[k], expected.scales[k])
+    np.testing.assert_array_equal(tree.neuron_weights, expected.neuron_weights)
+    feed(sync, x, 1234, 2000)
+    feed(background, x, 1300, 2000)
+    for k in range(LEVELS + 1):  # both observe with the same tree now
+        np.testing.assert_array_equal(background.coarse_values(k), sync.coarse_values(k))
+    sync.flush()
+    background.flush()
+    np.testing.assert_array_equal(background.second_moment, sync.second_moment)
+    assert_same_tree(background.repair(), sync.repair())
+
+
+def test_while_a_repair_runs_the_matrix_is_the_jobs(activity):
+    stage = OnlineCoarseGraining(N, LEVELS, max_lag_frames=LAG)
+    feed(stage, activity, 0, 600)
+    stage.repair()
+    feed(stage, activity, 600, 700)
+    before = stage.observables()
+    job = stage.begin_repair()
+    with pytest.raises(RuntimeError, match="already running"):
+        stage.begin_repair()
+    with pytest.raises(RuntimeError, match="has not run yet"):
+        stage.finish_repair(job)
+    with pytest.raises(RuntimeError, match="re-pairing is running"):
+        stage.flush()
+    feed(stage, activity, 700, 720)
+    during = stage.observables()  # old tree, spectra as before the job
+    assert during.n_frames == before.n_frames + 20
+    assert during.spectra is before.spectra
+    assert any("re-pairing running" in note for note in during.notes)
+    job.run()
+    stage.finish_repair(job)
+    assert stage.frames_since_repair == 0 and stage.repair_count == 2
 
 
 def test_bad_arguments_are_named():
