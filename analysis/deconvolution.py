@@ -1,4 +1,6 @@
-"""Deconvolution of calcium traces with exact zeros: OASIS for an AR(1) indicator, batch and online.
+"""Deconvolution of calcium traces with exact zeros: OASIS, batch and online, for an AR(1)
+indicator (below) and an AR(2) one with a rise time (``oasis_ar2``, ``OnlineOasisAR2``: see the
+AR(2) notes further down); ``online_deconvolution`` picks one by the config's model name.
 
 Model (Friedrich, Zhou & Paninski, PLoS Comput. Biol. 2017, "OASIS"; science.md section 3). The
 denoised calcium c follows AR(1) dynamics driven by non-negative spikes s, starting from rest,
@@ -616,3 +618,648 @@ class OnlineOasis:
             s[start] = value - previous_end
             previous_end = value * _power(self._powers, self._log_g, stop - start)
         return first_frame, c, s
+
+
+# =========================================================================== AR(2)
+#
+# OASIS for an AR(2) indicator (Friedrich, Zhou & Paninski 2017, section "AR(2)"; the reference
+# implementation is oasis-deconv's oasisAR2). The calcium follows
+#
+#     c_t = g1 c_{t-1} + g2 c_{t-2} + s_t,   g1 = d + r,  g2 = -d r,
+#
+# d = exp(-1 / (decay_tau_s f)), r = exp(-1 / (rise_tau_s f)) (the roots of z^2 = g1 z + g2), so a
+# spike's impulse response h_k = (d^(k+1) - r^(k+1)) / (d - r) is the sampled difference of
+# exponentials of the indicator (rise and decay). A pool i starting at frame t_i with first value
+# v_i continues as c_{t_i + k} = v_i h_k + w_i g2 h_{k-1} (h_{-1} = 0), where w_i = c_{t_i - 1} is
+# the last value of the previous pool (0 for the trace's first pool: the calcium starts from rest).
+# v_i is the least-squares fit over the pool's data frames:
+#
+#     v_i = (sum_k h_k y'_k - w_i g2 sum_k h_k h_{k-1}) / sum_k h_k^2.
+#
+# oasis-deconv recomputes these dot products over the pool's samples at every merge (cost grows
+# with the pool length, and the samples must be kept). Here h_k is split into its two exponentials,
+# so every sum is a combination of five per-pool sums, A = sum d^k y', B = sum r^k y',
+# P = sum d^2k, Q = sum (d r)^k, R = sum r^2k (over the pool's data frames, k from its start), and
+# merging pool j into pool i (L frames earlier) is O(1): A_i += d^L A_j, B_i += r^L B_j,
+# P_i += d^2L P_j, Q_i += (d r)^L Q_j, R_i += r^2L R_j. NaN frames add nothing to the sums (they
+# carry no data). The merge rule is OASIS's: the new pool merges back while the previous pool's
+# continuation at the new pool's start plus s_min exceeds the new pool's first value (a spike
+# below s_min). The trace's first pool (no predecessor) is clipped to 0 when its value is below
+# s_min (as in the AR(1) solver; oasis-deconv instead fits a pure decay to its first pool and
+# clips at 0): the clipped value is the one later pools continue from, so c = K s holds exactly.
+# Spike units: s_t is the innovation of the AR(2) process; one indicator spike of peak dF/F A gives
+# s ~ A / max_k h_k at the sample after it (max h_k = 1.04 at 30 Hz for 20 / 200 ms).
+
+
+def ar2_coefficients(
+    decay_tau_s: float, rise_tau_s: float, frame_rate_hz: float
+) -> tuple[float, float]:
+    """(g1, g2) = (d + r, -d r) of the AR(2) process whose impulse response is the difference of
+    exponentials with the given decay and rise time constants sampled at frame_rate_hz
+    (d = exp(-1 / (decay_tau_s f)), r = exp(-1 / (rise_tau_s f))). GCaMP6f (rise 20 ms, decay
+    0.2 s, Chen et al. 2013) at 30 Hz: g1 = 1.035, g2 = -0.160."""
+    rise_tau_s = float(rise_tau_s)
+    if not (math.isfinite(rise_tau_s) and rise_tau_s > 0.0):
+        raise ValueError(f"rise_tau_s must be a finite number > 0, got {rise_tau_s!r}")
+    decay = ar1_decay_factor(decay_tau_s, frame_rate_hz)
+    if not float(decay_tau_s) > rise_tau_s:
+        raise ValueError(
+            f"decay_tau_s ({decay_tau_s!r} s) must exceed rise_tau_s ({rise_tau_s!r} s)"
+        )
+    rise = math.exp(-1.0 / (rise_tau_s * float(frame_rate_hz)))
+    return decay + rise, -decay * rise
+
+
+def ar2_roots(g1: float, g2: float) -> tuple[float, float]:
+    """(d, r), the decay and rise factors per frame: the roots of z^2 = g1 z + g2. They must be
+    real and 0 <= r < d < 1 (a rising then decaying, never oscillating response)."""
+    g1, g2 = float(g1), float(g2)
+    discriminant = g1 * g1 + 4.0 * g2
+    if not (math.isfinite(g1) and math.isfinite(g2) and discriminant > 0.0):
+        raise ValueError(
+            f"AR(2) coefficients g1 = {g1!r}, g2 = {g2!r} must be finite with g1^2 + 4 g2 > 0 "
+            "(real roots); use ar2_coefficients(decay_tau_s, rise_tau_s, frame_rate_hz)"
+        )
+    d = (g1 + math.sqrt(discriminant)) / 2.0
+    r = (g1 - math.sqrt(discriminant)) / 2.0
+    if not (0.0 < d < 1.0 and 0.0 <= r < d):
+        raise ValueError(
+            f"AR(2) coefficients g1 = {g1!r}, g2 = {g2!r} give roots d = {d:.6g}, r = {r:.6g}; "
+            "need 0 <= r < d < 1 (decay slower than rise, both decaying)"
+        )
+    return d, r
+
+
+def ar2_impulse_response(g1: float, g2: float, n_frames: int) -> np.ndarray:
+    """h_k = (d^(k+1) - r^(k+1)) / (d - r), k = 0..n_frames-1: c for a unit spike at frame 0."""
+    d, r = ar2_roots(g1, g2)
+    k = np.arange(1, int(n_frames) + 1, dtype=np.float64)
+    return (d**k - r**k) / (d - r)
+
+
+def ar2_pooled_spike_sd_factor(g1: float, g2: float) -> float:
+    """1 / sqrt(sum_k h_k^2): the SD of a spike amplitude fitted from a long pool, per unit of
+    per-frame noise SD (for AR(1), h_k = g^k, this is sqrt(1 - g^2), as in minimum_spike_size)."""
+    d, r = ar2_roots(g1, g2)
+    # sum_{k>=0} (d^(k+1) - r^(k+1))^2 / (d - r)^2, three geometric series
+    energy = (d * d / (1.0 - d * d) - 2.0 * d * r / (1.0 - d * r) + r * r / (1.0 - r * r)) / (
+        (d - r) ** 2
+    )
+    return 1.0 / math.sqrt(energy)
+
+
+def minimum_spike_size_ar2(
+    noise_level: float | np.ndarray,
+    frame_rate_hz: float,
+    g1: float,
+    g2: float,
+    n_sds: float = DEFAULT_S_MIN_SDS,
+) -> np.ndarray | float:
+    """s_min = n_sds * sigma / sqrt(sum_k h_k^2) for the AR(2) model (see minimum_spike_size)."""
+    n_sds = float(n_sds)
+    if not (math.isfinite(n_sds) and n_sds >= 0.0):
+        raise ValueError(f"n_sds must be a finite number >= 0, got {n_sds!r}")
+    return n_sds * frame_noise_sd(noise_level, frame_rate_hz) * ar2_pooled_spike_sd_factor(g1, g2)
+
+
+def _ar2_powers(g1: float, g2: float) -> tuple[float, float, np.ndarray, np.ndarray]:
+    d, r = ar2_roots(g1, g2)
+    rise_powers = decay_powers(r) if r > 0.0 else np.array([1.0, 0.0])
+    return d, r, decay_powers(d), rise_powers
+
+
+@numba.njit(cache=True, nogil=True)
+def _rise_power(powers: np.ndarray, log_r: float, k: int) -> float:
+    """r^k from the table, beyond it exp(k log r) (0 when r = 0, k > 0)."""
+    if k < powers.shape[0]:
+        return powers[k]
+    if log_r == -np.inf:
+        return 0.0
+    return math.exp(k * log_r)
+
+
+@numba.njit(cache=True, nogil=True)
+def _impulse(
+    d_powers: np.ndarray, log_d: float, r_powers: np.ndarray, log_r: float, inv_dr: float, k: int
+) -> float:
+    """h_k = (d^(k+1) - r^(k+1)) / (d - r); 0 for k < 0."""
+    if k < 0:
+        return 0.0
+    return (_power(d_powers, log_d, k + 1) - _rise_power(r_powers, log_r, k + 1)) * inv_dr
+
+
+@numba.njit(cache=True, nogil=True)
+def _continuation(
+    v: float,
+    w: float,
+    k: int,
+    g2: float,
+    d_powers: np.ndarray,
+    log_d: float,
+    r_powers: np.ndarray,
+    log_r: float,
+    inv_dr: float,
+) -> float:
+    """c at offset k of a pool with first value v after a previous value w: v h_k + w g2 h_{k-1}."""
+    return v * _impulse(d_powers, log_d, r_powers, log_r, inv_dr, k) + w * g2 * _impulse(
+        d_powers, log_d, r_powers, log_r, inv_dr, k - 1
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_fit(
+    a: float, b: float, p: float, q: float, rr: float, w: float, d: float, r: float, g2: float,
+    inv_dr: float,
+) -> float:  # fmt: skip
+    """Least-squares first value of a pool from its sums (see the AR(2) notes above)."""
+    h_y = (d * a - r * b) * inv_dr
+    h_h1 = g2 * (d * p - (d + r) * q + r * rr) * inv_dr * inv_dr
+    h_h = (d * d * p - 2.0 * d * r * q + r * r * rr) * inv_dr * inv_dr
+    return (h_y - w * h_h1) / h_h
+
+
+# pool fields, last axis of the pool arrays
+_A, _B, _P, _Q, _R, _V, _W = 0, 1, 2, 3, 4, 5, 6
+_N_FIELDS = 7
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_merge_into(
+    pools: np.ndarray,
+    p: int,
+    i: int,
+    length: int,
+    d_powers: np.ndarray,
+    log_d: float,
+    r_powers: np.ndarray,
+    log_r: float,
+) -> None:
+    """Add pool i's sums to pool p, which starts ``length`` frames earlier."""
+    dl = _power(d_powers, log_d, length)
+    rl = _rise_power(r_powers, log_r, length)
+    pools[p, _A] += dl * pools[i, _A]
+    pools[p, _B] += rl * pools[i, _B]
+    pools[p, _P] += _power(d_powers, log_d, 2 * length) * pools[i, _P]
+    pools[p, _Q] += dl * rl * pools[i, _Q]
+    pools[p, _R] += _rise_power(r_powers, log_r, 2 * length) * pools[i, _R]
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_new_pool(pools: np.ndarray, i: int, x: float, w: float) -> None:
+    pools[i, _A] = x
+    pools[i, _B] = x
+    pools[i, _P] = 1.0
+    pools[i, _Q] = 1.0
+    pools[i, _R] = 1.0
+    pools[i, _W] = w
+
+
+@numba.njit(cache=True, nogil=True)
+def _ar2_refit(
+    pools: np.ndarray, i: int, first: bool, s_min: float, d: float, r: float, g2: float,
+    inv_dr: float,
+) -> None:  # fmt: skip
+    """Refit pool i's first value; the trace's first pool is clipped (see the notes above)."""
+    v = _ar2_fit(
+        pools[i, _A], pools[i, _B], pools[i, _P], pools[i, _Q], pools[i, _R], pools[i, _W],
+        d, r, g2, inv_dr,
+    )  # fmt: skip
+    pools[i, _V] = _clipped(v, s_min) if first else v
+
+
+@numba.njit(cache=True, nogil=True)
+def _oasis_ar2_kernel(
+    y: np.ndarray,
+    g2: float,
+    d: float,
+    r: float,
+    d_powers: np.ndarray,
+    log_d: float,
+    r_powers: np.ndarray,
+    log_r: float,
+    s_min: np.ndarray,
+    lam_term: float,
+    pools: np.ndarray,
+    pool_start: np.ndarray,
+    c: np.ndarray,
+    s: np.ndarray,
+) -> int:
+    """AR(2) OASIS on the whole trace y; writes c and s, returns the number of pools."""
+    inv_dr = 1.0 / (d - r)
+    n_frames = y.shape[0]
+    n_pools = 0
+    for t in range(n_frames):
+        x = y[t]
+        if math.isnan(x):
+            continue
+        w = 0.0
+        if n_pools > 0:
+            last = n_pools - 1
+            w = _continuation(
+                pools[last, _V], pools[last, _W], t - 1 - pool_start[last], g2,
+                d_powers, log_d, r_powers, log_r, inv_dr,
+            )  # fmt: skip
+        _ar2_new_pool(pools, n_pools, x - lam_term, w)
+        pool_start[n_pools] = t
+        _ar2_refit(pools, n_pools, n_pools == 0, s_min[t], d, r, g2, inv_dr)
+        n_pools += 1
+        while n_pools > 1:
+            i = n_pools - 1
+            p = i - 1
+            length = pool_start[i] - pool_start[p]
+            predicted = _continuation(
+                pools[p, _V], pools[p, _W], length, g2, d_powers, log_d, r_powers, log_r, inv_dr
+            )
+            if predicted + s_min[t] > pools[i, _V]:
+                _ar2_merge_into(pools, p, i, length, d_powers, log_d, r_powers, log_r)
+                _ar2_refit(pools, p, p == 0, s_min[t], d, r, g2, inv_dr)
+                n_pools -= 1
+            else:
+                break
+    for t in range(n_frames):
+        c[t] = np.nan
+        s[t] = np.nan
+    predicted = 0.0  # the calcium from rest before the first pool
+    for j in range(n_pools):
+        start = pool_start[j]
+        stop = pool_start[j + 1] if j + 1 < n_pools else n_frames
+        v, w = pools[j, _V], pools[j, _W]
+        for k in range(stop - start):
+            c[start + k] = _continuation(v, w, k, g2, d_powers, log_d, r_powers, log_r, inv_dr)
+            s[start + k] = 0.0
+        s[start] = v - predicted
+        predicted = _continuation(v, w, stop - start, g2, d_powers, log_d, r_powers, log_r, inv_dr)
+    return n_pools
+
+
+def oasis_ar2(
+    y: np.ndarray,
+    g1: float,
+    g2: float,
+    s_min: float | np.ndarray = 0.0,
+    lam: float = 0.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Batch OASIS for an AR(2) indicator: (denoised calcium c, spikes s), float64 of y's length.
+
+    y: 1-D baseline-free trace, NaN = no data. (g1, g2): ``ar2_coefficients``. s_min: minimal
+    spike size (a number or one per frame, as online). lam: L1 penalty, applied as OASIS does,
+    y' = y - lam (1 - g1 - g2). c = K s exactly up to rounding, K the AR(2) kernel from rest.
+    """
+    d, r, d_powers, r_powers = _ar2_powers(g1, g2)
+    trace = np.ascontiguousarray(y, dtype=np.float64)
+    if trace.ndim != 1:
+        raise ValueError(f"y must be a 1-D trace, got shape {trace.shape}")
+    if np.isinf(trace).any():
+        raise ValueError("y contains +/-inf; use NaN to mark frames without data")
+    n_frames = trace.shape[0]
+    s_min_t = _per_frame("s_min", s_min, n_frames)
+    lam = float(lam)
+    if not (math.isfinite(lam) and lam >= 0.0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    pools = np.empty((n_frames + 1, _N_FIELDS))
+    pool_start = np.empty(n_frames + 1, dtype=np.int64)
+    c = np.empty(n_frames)
+    s = np.empty(n_frames)
+    _oasis_ar2_kernel(
+        trace, -d * r, d, r, d_powers, math.log(d), r_powers, _log_or_minus_inf(r), s_min_t,
+        lam * (1.0 - d) * (1.0 - r), pools, pool_start, c, s,
+    )  # fmt: skip
+    return c, s
+
+
+def _log_or_minus_inf(x: float) -> float:
+    return math.log(x) if x > 0.0 else -math.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _online_ar2_update(
+    y_row: np.ndarray,
+    offset: np.ndarray,
+    t: int,
+    g2: float,
+    d: float,
+    r: float,
+    d_powers: np.ndarray,
+    log_d: float,
+    r_powers: np.ndarray,
+    log_r: float,
+    s_min: np.ndarray,
+    lam_term: np.ndarray,
+    spike_lag: int,
+    pools: np.ndarray,
+    pool_start: np.ndarray,
+    state: np.ndarray,
+    dropped_end: np.ndarray,
+    nan_ring: np.ndarray,
+    calcium_out: np.ndarray,
+    spikes_out: np.ndarray,
+) -> None:
+    """Advance every ROI's AR(2) OASIS state by frame t (same steps as _oasis_ar2_kernel, pools in
+    a ring per ROI); write the outputs. dropped_end[r, 0] holds the continuation of the last
+    dropped pool at the next pool's start (the calcium the next spike is measured against)."""
+    n_rois, capacity = pool_start.shape
+    inv_dr = 1.0 / (d - r)
+    nan_slot = t % nan_ring.shape[1]
+    for roi in range(n_rois):
+        x = np.float64(y_row[roi]) - offset[roi]
+        nan_ring[roi, nan_slot] = math.isnan(x)
+        roi_pools = pools[roi]
+        starts = pool_start[roi]
+        if not math.isnan(x):
+            head = state[roi, _HEAD]
+            count = state[roi, _COUNT]
+            if count == capacity:  # drop the oldest pool, remember where it was heading
+                nxt = head + 1 if head + 1 < capacity else 0
+                dropped_end[roi, 0] = _continuation(
+                    roi_pools[head, _V], roi_pools[head, _W], starts[nxt] - starts[head], g2,
+                    d_powers, log_d, r_powers, log_r, inv_dr,
+                )  # fmt: skip
+                head = nxt
+                count -= 1
+                state[roi, _FIRST_RETAINED] = 0
+                state[roi, _DROPPED] = 1
+            w = 0.0
+            if count > 0:
+                last = head + count - 1
+                if last >= capacity:
+                    last -= capacity
+                w = _continuation(
+                    roi_pools[last, _V], roi_pools[last, _W], t - 1 - starts[last], g2,
+                    d_powers, log_d, r_powers, log_r, inv_dr,
+                )  # fmt: skip
+            slot = head + count
+            if slot >= capacity:
+                slot -= capacity
+            _ar2_new_pool(roi_pools, slot, x - lam_term[roi], w)
+            starts[slot] = t
+            first = count == 0 and state[roi, _FIRST_RETAINED] == 1
+            _ar2_refit(roi_pools, slot, first, s_min[roi], d, r, g2, inv_dr)
+            count += 1
+            while count > 1:
+                i = head + count - 1
+                if i >= capacity:
+                    i -= capacity
+                p = i - 1 if i > 0 else capacity - 1
+                length = starts[i] - starts[p]
+                predicted = _continuation(
+                    roi_pools[p, _V], roi_pools[p, _W], length, g2,
+                    d_powers, log_d, r_powers, log_r, inv_dr,
+                )  # fmt: skip
+                if predicted + s_min[roi] > roi_pools[i, _V]:
+                    _ar2_merge_into(roi_pools, p, i, length, d_powers, log_d, r_powers, log_r)
+                    first = count == 2 and state[roi, _FIRST_RETAINED] == 1
+                    _ar2_refit(roi_pools, p, first, s_min[roi], d, r, g2, inv_dr)
+                    count -= 1
+                else:
+                    break
+            if count == 1 and state[roi, _DROPPED] == 1:
+                if dropped_end[roi, 0] + s_min[roi] > roi_pools[head, _V]:
+                    state[roi, _TRUNCATED] += 1
+            state[roi, _HEAD] = head
+            state[roi, _COUNT] = count
+        _online_ar2_outputs(
+            roi, t, spike_lag, g2, d_powers, log_d, r_powers, log_r, inv_dr, roi_pools, starts,
+            state, dropped_end, nan_ring, calcium_out, spikes_out,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _online_ar2_outputs(
+    roi: int,
+    t: int,
+    spike_lag: int,
+    g2: float,
+    d_powers: np.ndarray,
+    log_d: float,
+    r_powers: np.ndarray,
+    log_r: float,
+    inv_dr: float,
+    roi_pools: np.ndarray,
+    starts: np.ndarray,
+    state: np.ndarray,
+    dropped_end: np.ndarray,
+    nan_ring: np.ndarray,
+    calcium_out: np.ndarray,
+    spikes_out: np.ndarray,
+) -> None:
+    """c at frame t and s at frame t - spike_lag of one ROI under its current pools."""
+    capacity = starts.shape[0]
+    head = state[roi, _HEAD]
+    count = state[roi, _COUNT]
+    if count == 0:
+        calcium_out[roi] = np.nan
+        spikes_out[roi] = np.nan
+        return
+    last = head + count - 1
+    if last >= capacity:
+        last -= capacity
+    if nan_ring[roi, t % nan_ring.shape[1]]:
+        calcium_out[roi] = np.nan
+    else:
+        calcium_out[roi] = _continuation(
+            roi_pools[last, _V], roi_pools[last, _W], t - starts[last], g2,
+            d_powers, log_d, r_powers, log_r, inv_dr,
+        )  # fmt: skip
+    u = t - spike_lag
+    if u < starts[head] and state[roi, _FIRST_RETAINED] == 1:
+        spikes_out[roi] = np.nan
+        return
+    if nan_ring[roi, u % nan_ring.shape[1]]:
+        spikes_out[roi] = np.nan
+        return
+    k = count - 1
+    j = last
+    while k > 0 and starts[j] > u:
+        j = j - 1 if j > 0 else capacity - 1
+        k -= 1
+    if starts[j] != u:
+        spikes_out[roi] = 0.0
+        return
+    if k == 0:  # the oldest retained pool: from rest, or after the last dropped pool
+        predicted = dropped_end[roi, 0] if state[roi, _DROPPED] == 1 else 0.0
+    else:
+        p = j - 1 if j > 0 else capacity - 1
+        predicted = _continuation(
+            roi_pools[p, _V], roi_pools[p, _W], starts[j] - starts[p], g2,
+            d_powers, log_d, r_powers, log_r, inv_dr,
+        )  # fmt: skip
+    spikes_out[roi] = roi_pools[j, _V] - predicted
+
+
+class OnlineOasisAR2:
+    """OASIS AR(2) for every ROI, advanced one frame per ``update``: the AR(1) ``OnlineOasis``
+    with a rise time (see the AR(2) notes above). Same interface and guarantees: after frames
+    0..t, ``calcium[r]`` equals ``oasis_ar2(y[: t + 1, r], ...)[0][t]`` and ``spikes[r]`` equals
+    its ``[1][t - spike_lag_frames]``, exactly (same arithmetic) while ``truncated[r]`` is 0;
+    ``solution(r)`` gives the retained pools' (c, s). State: pool_capacity pools per ROI
+    (64 bytes each), allocated once; ``update`` and ``set_noise_level`` do not allocate.
+    """
+
+    def __init__(
+        self,
+        n_rois: int,
+        g1: float,
+        g2: float,
+        s_min: float | np.ndarray = 0.0,
+        lam: float | np.ndarray = 0.0,
+        spike_lag_frames: int = 0,
+        pool_capacity: int = DEFAULT_POOL_CAPACITY,
+    ) -> None:
+        if isinstance(n_rois, bool) or not isinstance(n_rois, (int, np.integer)) or n_rois < 0:
+            raise ValueError(f"n_rois must be an integer >= 0, got {n_rois!r}")
+        self.n_rois = int(n_rois)
+        self.d, self.r, self._d_powers, self._r_powers = _ar2_powers(g1, g2)
+        self.g1, self.g2 = self.d + self.r, -self.d * self.r
+        self._log_d, self._log_r = math.log(self.d), _log_or_minus_inf(self.r)
+        if (
+            isinstance(spike_lag_frames, bool)
+            or not isinstance(spike_lag_frames, (int, np.integer))
+            or spike_lag_frames < 0
+        ):
+            raise ValueError(f"spike_lag_frames must be an integer >= 0, got {spike_lag_frames!r}")
+        self.spike_lag_frames = int(spike_lag_frames)
+        if (
+            isinstance(pool_capacity, bool)
+            or not isinstance(pool_capacity, (int, np.integer))
+            or pool_capacity < self.spike_lag_frames + 2
+        ):
+            raise ValueError(
+                f"pool_capacity must be an integer >= spike_lag_frames + 2 = "
+                f"{self.spike_lag_frames + 2}, got {pool_capacity!r}"
+            )
+        self.pool_capacity = int(pool_capacity)
+        self.s_min = np.zeros(self.n_rois, dtype=np.float64)
+        self.set_s_min(s_min)
+        self.offset = np.zeros(self.n_rois, dtype=np.float64)
+        lam_array = np.broadcast_to(np.asarray(lam, dtype=np.float64), (self.n_rois,))
+        if not (np.isfinite(lam_array).all() and (lam_array >= 0.0).all()):
+            raise ValueError(f"lam must be finite and >= 0, got {lam!r}")
+        self.lam = lam_array.copy()
+        self._lam_term = self.lam * (1.0 - self.d) * (1.0 - self.r)
+        self._pools = np.zeros((self.n_rois, self.pool_capacity, _N_FIELDS), dtype=np.float64)
+        self._pool_start = np.zeros((self.n_rois, self.pool_capacity), dtype=np.int64)
+        self._state = np.zeros((self.n_rois, _N_STATE), dtype=np.int64)
+        self._dropped_end = np.zeros((self.n_rois, 1), dtype=np.float64)
+        self._nan_ring = np.zeros((self.n_rois, self.spike_lag_frames + 1), dtype=np.bool_)
+        self.calcium = np.full(self.n_rois, np.nan, dtype=np.float32)
+        self.spikes = np.full(self.n_rois, np.nan, dtype=np.float32)
+        self.frames_seen = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every trace (e.g. after new ROIs or a baseline jump); keeps the parameters."""
+        self._state[:] = 0
+        self._state[:, _FIRST_RETAINED] = 1
+        self._dropped_end[:] = 0.0
+        self._nan_ring[:] = False
+        self.calcium[:] = np.nan
+        self.spikes[:] = np.nan
+        self.frames_seen = 0
+
+    def set_s_min(self, s_min: float | np.ndarray) -> None:
+        """Minimal spike size per ROI from the next frame on (a number or shape (n_rois,))."""
+        values = np.broadcast_to(np.asarray(s_min, dtype=np.float64), (self.n_rois,))
+        if not (np.isfinite(values).all() and (values >= 0.0).all()):
+            raise ValueError(f"s_min must be finite and >= 0 for every ROI, got {s_min!r}")
+        self.s_min[:] = values
+
+    def set_noise_level(
+        self,
+        noise_level: np.ndarray,
+        frame_rate_hz: float,
+        n_sds: float = DEFAULT_S_MIN_SDS,
+        percentile: float | None = None,
+    ) -> None:
+        """As ``OnlineOasis.set_noise_level``, with s_min = ``minimum_spike_size_ar2``."""
+        if noise_level.shape != (self.n_rois,):
+            raise ValueError(
+                f"noise_level must have shape ({self.n_rois},), got {noise_level.shape}"
+            )
+        sd_scale = float(frame_noise_sd(1.0, frame_rate_hz))
+        s_min_factor = float(n_sds) * ar2_pooled_spike_sd_factor(self.g1, self.g2)
+        if not (math.isfinite(s_min_factor) and s_min_factor >= 0.0):
+            raise ValueError(f"n_sds must be a finite number >= 0, got {n_sds!r}")
+        offset_factor = 0.0 if percentile is None else _resting_offset_sds(percentile)
+        _from_noise_level(
+            noise_level, sd_scale, s_min_factor, offset_factor, percentile is not None,
+            self.s_min, self.offset,
+        )  # fmt: skip
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """Per ROI, frames on which a merge needed a pool dropped from the ring (0 = exact)."""
+        return self._state[:, _TRUNCATED].copy()
+
+    def update(self, y_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add one frame (float32 or float64, shape (n_rois,); NaN = no data); ``offset`` is
+        subtracted first. Returns (calcium, spikes), updated in place."""
+        if not isinstance(y_row, np.ndarray) or y_row.shape != (self.n_rois,):
+            raise ValueError(
+                f"y_row must be a numpy array of shape ({self.n_rois},), got "
+                f"{getattr(y_row, 'shape', type(y_row).__name__)}"
+            )
+        if y_row.dtype not in (np.float32, np.float64):
+            raise ValueError(f"y_row must be float32 or float64, got {y_row.dtype}")
+        _online_ar2_update(
+            y_row, self.offset, self.frames_seen, self.g2, self.d, self.r, self._d_powers,
+            self._log_d, self._r_powers, self._log_r, self.s_min, self._lam_term,
+            self.spike_lag_frames, self._pools, self._pool_start, self._state,
+            self._dropped_end, self._nan_ring, self.calcium, self.spikes,
+        )  # fmt: skip
+        self.frames_seen += 1
+        return self.calcium, self.spikes
+
+    def solution(self, roi: int) -> tuple[int, np.ndarray, np.ndarray]:
+        """(first_frame, c, s) of ROI ``roi`` over the retained pools (see OnlineOasis.solution).
+        Allocates: for tests and replays, not per frame."""
+        if not 0 <= roi < self.n_rois:
+            raise ValueError(f"roi must be in 0..{self.n_rois - 1}, got {roi!r}")
+        head, count = int(self._state[roi, _HEAD]), int(self._state[roi, _COUNT])
+        t_end = self.frames_seen
+        if count == 0:
+            return t_end, np.zeros(0), np.zeros(0)
+        slots = [(head + k) % self.pool_capacity for k in range(count)]
+        starts = self._pool_start[roi]
+        first_frame = int(starts[slots[0]])
+        n = t_end - first_frame
+        c = np.empty(n)
+        s = np.zeros(n)
+        inv_dr = 1.0 / (self.d - self.r)
+        args = (self.g2, self._d_powers, self._log_d, self._r_powers, self._log_r, inv_dr)
+        predicted = float(self._dropped_end[roi, 0]) if self._state[roi, _DROPPED] else 0.0
+        for k, slot in enumerate(slots):
+            start = int(starts[slot]) - first_frame
+            stop = (int(starts[slots[k + 1]]) - first_frame) if k + 1 < count else n
+            v, w = self._pools[roi, slot, _V], self._pools[roi, slot, _W]
+            for i in range(stop - start):
+                c[start + i] = _continuation(v, w, i, *args)
+            s[start] = v - predicted
+            predicted = _continuation(v, w, stop - start, *args)
+        return first_frame, c, s
+
+
+DECONVOLUTION_MODELS = ("ar1", "ar2")
+
+
+def online_deconvolution(
+    model: str,
+    n_rois: int,
+    frame_rate_hz: float,
+    decay_tau_s: float,
+    rise_tau_s: float,
+    spike_lag_frames: int = 0,
+    pool_capacity: int = DEFAULT_POOL_CAPACITY,
+) -> OnlineOasis | OnlineOasisAR2:
+    """The online solver of config ``deconvolution.model``: "ar1" (decay only) or "ar2" (rise and
+    decay, ``ar2_coefficients``). Both share update / set_noise_level / calcium / spikes."""
+    if model == "ar1":
+        return OnlineOasis(
+            n_rois, ar1_decay_factor(decay_tau_s, frame_rate_hz),
+            spike_lag_frames=spike_lag_frames, pool_capacity=pool_capacity,
+        )  # fmt: skip
+    if model == "ar2":
+        g1, g2 = ar2_coefficients(decay_tau_s, rise_tau_s, frame_rate_hz)
+        return OnlineOasisAR2(
+            n_rois, g1, g2, spike_lag_frames=spike_lag_frames, pool_capacity=pool_capacity
+        )
+    raise ValueError(f"deconvolution model must be one of {DECONVOLUTION_MODELS}, got {model!r}")

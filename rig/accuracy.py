@@ -119,7 +119,11 @@ def session_accuracy(
         for det, tru in match.pairs:
             inferred = spikes[frames + spike_lag_frames, det]
             true_times = times[cells == cell_of_roi[tru]]
-            corr.append(spike_correlation(inferred, mid_times, true_times))
+            # a spike first seen in frame t happened, on average, half a frame before its
+            # mid-scan time (between the two frames' mid-times)
+            corr.append(
+                spike_correlation(inferred, mid_times, true_times, inferred_offset_s=-period / 2)
+            )
         corr = np.asarray(corr, float)
         if np.isfinite(corr).any():
             out["spike_corr"] = float(np.nanmedian(corr))

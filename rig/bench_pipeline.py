@@ -5,8 +5,12 @@ frames_per_s        whole pipeline (motion + extraction + dF/F + noise level +
 speedup_vs_numpy    the same stages written plainly with numpy in this module (phase
                     correlation with np.fft on the same binned frame, extraction with
                     np.bincount, np.percentile / np.median over the trailing windows every
-                    frame; deconvolution is the same numba OASIS in both), timed in the same run
+                    frame; deconvolution is the same numba OASIS AR(1) in both: OASIS is a
+                    sequential pool-merging algorithm with no plain-numpy form), timed in the
+                    same run
 stage_*_ms          each stage's median share per frame
+deconvolution_ar2_ms  median time of the AR(2) solver (deconvolution.model = "ar2") on the
+                    same dF/F rows, for comparison with stage_deconvolution_ms (AR(1))
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.deconvolution import OnlineOasis, ar1_decay_factor, online_deconvolution
 from rig.bench import benchmark, synthetic_rois
 
 SHAPE = (512, 512)
@@ -49,6 +54,9 @@ class NumpyPipeline:
         self.d_window = np.zeros((noise_window, self.n))
         self.count = 0
         self.prev = np.zeros(self.n)
+        self.deconvolution = OnlineOasis(
+            self.n, ar1_decay_factor(0.2, RATE_HZ), spike_lag_frames=6, pool_capacity=256
+        )
 
     def process(self, frame: np.ndarray) -> tuple[float, float]:
         spec = np.fft.rfft2(_bin(frame)) * self.ref
@@ -64,6 +72,8 @@ class NumpyPipeline:
         kd = min(i + 1, self.d_window.shape[0])
         noise = 100 * np.median(self.d_window[:kd], axis=0) / np.sqrt(RATE_HZ)
         self.prev = dff
+        self.deconvolution.set_noise_level(noise.astype(np.float32), RATE_HZ, 3.0, 8.0)
+        self.deconvolution.update(dff)
         self.count += 1
         return float(peak[0]), float(noise[0])
 
@@ -116,6 +126,18 @@ def bench_pipeline(quick: bool) -> dict[str, float]:
                 total[i - n_warm] = dt
                 stage[i - n_warm] = pipeline.stage_ms
         figures["rois"] = float(pipeline.n_rois)
+        n = pipeline.n_rois
+        dff_rows = ring.dff[:, :n].copy()  # the last frames' dF/F
+        noise = np.asarray(pipeline.noise_level, dtype=np.float32).copy()
+        ar2 = online_deconvolution("ar2", n, RATE_HZ, 0.2, 0.02, 6, 256)
+        ar2_s = np.zeros(n_timed)
+        for i in range(window + n_timed):  # the same warm-up as the pipeline's solver
+            t = time.perf_counter()
+            ar2.set_noise_level(noise, RATE_HZ, 3.0, 8.0)
+            ar2.update(dff_rows[i % dff_rows.shape[0]])
+            if i >= window:
+                ar2_s[i - window] = time.perf_counter() - t
+        figures["deconvolution_ar2_ms"] = float(np.median(ar2_s)) * 1e3
         figures["frames_per_s"] = 1.0 / float(np.median(total))
         for j, name in enumerate(STAGES):
             figures[f"stage_{name}_ms"] = float(np.median(stage[:, j]))

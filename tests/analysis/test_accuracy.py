@@ -113,3 +113,21 @@ def test_spike_correlation_per_column_and_degenerate_cases():
         spike_correlation(inferred, frame_times, [np.array([1.0])])
     with pytest.raises(ValueError, match="strictly increasing"):
         spike_correlation(inferred[:, 0], frame_times[::-1], np.array([1.0]))
+
+
+def test_inferred_offset_places_inferred_spikes_earlier_and_undoes_a_known_lag():
+    # an estimator that reports every spike one half frame late is exactly right again when its
+    # spikes are moved back by half a frame (the AR model's interval convention)
+    rng = np.random.default_rng(4)
+    rate = 30.0
+    frame_times = np.arange(3000) / rate
+    frames = np.sort(rng.choice(np.arange(1, 3000), 60, replace=False))
+    inferred = np.zeros(3000)
+    inferred[frames] = 1.0
+    true_times = frame_times[frames] - 0.5 / rate
+    late = spike_correlation(inferred, frame_times, true_times)
+    aligned = spike_correlation(inferred, frame_times, true_times, inferred_offset_s=-0.5 / rate)
+    assert aligned == pytest.approx(1.0)
+    assert late == pytest.approx(math.exp(-((0.5 / rate) ** 2) / (4 * 0.1**2)), abs=0.01)
+    with pytest.raises(ValueError, match="inferred_offset_s must be a finite number"):
+        spike_correlation(inferred, frame_times, true_times, inferred_offset_s=math.nan)
