@@ -16,21 +16,29 @@ output electrode within the same millisecond while the dummy electrode has fewer
 - `none`            no stimulation at all.
 
 Metrics: reaction time per trial and `reaction_time_ratio` (median of the last fifth of
-trials over the first fifth); `weight_in_out_start/end` and `weight_in_dummy_start/end`
-(mean synaptic weights read from the simulated culture's ground truth - for the report only,
-the protocol never decides from them).
+trials over the first fifth); `weight_in_out_start/end/change` and
+`weight_in_dummy_start/end/change` (mean synaptic weights read from the simulated culture's
+ground truth - for the report only, the protocol never decides from them).
+
+A yoked run has a reaction time too, so its curve can be set beside the closed loop's: per
+replayed stimulation period, the time from its start to this culture's first target event
+while the stimulation is on (the same detector; the event does not stop anything). A period
+that ends (at the source's stop) without an event counts as `gave_up` and its reaction time is
+null (a period cut by the end of the session is left out, as the closed loop's running
+trial is). This measure is censored by the source's own reaction times (a replayed period
+is never longer than the closed loop's trial), so compare yoked reaction times with that in
+mind; the weights carry no such bias.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 
 from drivers.mea.stimulus import MEAStimulus, Pulse
 from rig.config import ConfigError
 from rig.protocol import Param, Protocol
+from rig.yoked import load_held_changes
 
 
 class LSA(Protocol):
@@ -90,25 +98,13 @@ class LSA(Protocol):
         self.pause_until_s = 0.0
         self.reaction_times_s: list[float] = []
         self.gave_up = 0
+        self.period_answered = True
         culture = ctx.ground_truth
         self.weights_start = self._weights(culture)
         self.weights_end = self.weights_start
 
     def _load_schedule(self) -> list[tuple[float, str]]:
-        path = Path(self.yoked_from) / "events.jsonl"
-        if not path.is_file():
-            raise ConfigError(f"yoked_from: {path} does not exist")
-        changes = []
-        for line in path.read_text().splitlines():
-            e = json.loads(line)
-            if e.get("type") in ("stimulus", "stimulus_stop") and e.get("action") in (
-                "start",
-                "stop",
-            ):
-                changes.append((float(e["device_time_s"]), e["action"]))
-        if not changes:
-            raise ConfigError(f"yoked_from: {path} holds no held-stimulation start/stop events")
-        return sorted(changes)
+        return load_held_changes(self.yoked_from)
 
     def _weights(self, culture):
         if culture is None:
@@ -144,6 +140,15 @@ class LSA(Protocol):
             ctx.stop_stimulus(self.stimulus)
         self.on = on
 
+    def _yoked_change(self, ctx, t: float, on: bool) -> None:
+        if on and not self.on:
+            self.trial_start_s = t
+            self.period_answered = False
+        elif not on and self.on and not self.period_answered:
+            self.gave_up += 1
+            self.reaction_times_s.append(float("nan"))
+        self._set(ctx, on)
+
     def _pause(self):
         return float(self.rng.uniform(self.pause_min_s, self.pause_max_s))
 
@@ -152,9 +157,14 @@ class LSA(Protocol):
         if self.contingency == "none":
             return
         if self.contingency == "yoked":
+            # this block's spikes came while the stimulation was as it is now: look at them
+            # before applying the replayed changes (as the closed loop does)
+            if self.on and not self.period_answered and self._output_event(ctx):
+                self.reaction_times_s.append(t - self.trial_start_s)
+                self.period_answered = True
             while self.schedule and self.schedule[0][0] <= t:
                 _, action = self.schedule.pop(0)
-                self._set(ctx, action == "start")
+                self._yoked_change(ctx, t, action == "start")
             return
         event = self._output_event(ctx)
         if self.contingency == "stop_on_output":
@@ -205,5 +215,9 @@ class LSA(Protocol):
         }
         for key, value in self.weights_start.items():
             out[f"weight_{key}_start"] = value
-            out[f"weight_{key}_end"] = self.weights_end.get(key)
+            end = self.weights_end.get(key)
+            out[f"weight_{key}_end"] = end
+            out[f"weight_{key}_change"] = (
+                None if end is None or value is None else float(end - value)
+            )
         return out

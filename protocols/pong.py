@@ -50,7 +50,6 @@ at the sensory electrodes to those at the motor electrodes (within half-effect d
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ from drivers.errors import LimitError
 from drivers.mea.stimulus import MEAStimulus, Pulse
 from rig.config import ConfigError
 from rig.protocol import Param, Protocol
+from rig.yoked import load_pulses
 
 CONTINGENCIES = ("stop_on_output", "start_on_output", "yoked", "none")
 UP_DEFAULT = "B-005,B-006,B-007,B-013,B-014,B-015,B-021,B-022,B-023,B-029,B-030,B-031"
@@ -552,33 +552,3 @@ class Pong(Protocol):
 
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.2f}"
-
-
-def load_pulses(folder: Path) -> list[tuple[float, MEAStimulus]]:
-    """Every single-trigger stimulus of a session as (device time s, stimulus), in the order
-    delivered; a stimulus whose device time runs backwards (a trigger sent after the
-    session's acquisition had stopped restarts the device clock) is not replayed.
-    ConfigError naming the problem."""
-    path = folder / "events.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"protocol parameter 'yoked_from': {path} does not exist")
-    out: list[tuple[float, MEAStimulus]] = []
-    for number, line in enumerate(path.read_text().splitlines()):
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a crashed session
-        if e.get("type") == "stimulus" and e.get("action") == "pulse":
-            try:
-                t = float(e["device_time_s"])
-                if out and t < out[-1][0]:
-                    continue  # the device clock restarted (a trigger after acquisition ended)
-                out.append((t, MEAStimulus.from_dict(e["stimulus"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(
-                    f"yoked_from: {path} line {number + 1}: the stimulus cannot be "
-                    f"replayed ({exc!r})"
-                ) from exc
-    if not out:
-        raise ConfigError(f"yoked_from: {path} holds no single-trigger stimuli to replay")
-    return out

@@ -51,7 +51,6 @@ distance (falloff >= 0.5).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -62,6 +61,7 @@ from drivers.errors import LimitError
 from drivers.mea.stimulus import MEAStimulus, Pulse
 from rig.config import ConfigError
 from rig.protocol import Param, Protocol
+from rig.yoked import load_pulses, source_events
 
 CONTINGENCIES = ("stop_on_output", "start_on_output", "yoked", "none")
 
@@ -580,8 +580,8 @@ class StimulusAvoidance(Protocol):
     def _figure(self, ctx):
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(7, 5))
-        ax1, ax2 = fig.subplots(2, 1, sharex=True)
+        fig = Figure(figsize=(7, 7))
+        ax1, ax3, ax2 = fig.subplots(3, 1, sharex=True)
         cycles = [r["cycle"] for r in self.results]
         met = [r for r in self.results if r["met"]]
         failed = [r for r in self.results if not r["met"]]
@@ -604,7 +604,9 @@ class StimulusAvoidance(Protocol):
             )
         ax1.set_ylabel("stimuli to criterion")
         ax1.xaxis.get_major_locator().set_params(integer=True)
-        ax1.legend(loc="upper right", fontsize="small")
+        ax1.legend(loc="best", fontsize="small")
+        ax3.plot([r["cycle"] for r in met], [r["time_s"] for r in met], "o-", color="C1")
+        ax3.set_ylabel("time to criterion (s)")
         ratios = [r["responses"] / r["probes"] if r["probes"] else np.nan for r in self.results]
         ax2.plot(cycles, ratios, "s-", color="C2", label="responses / stimuli in the cycle")
         if self.baseline_ratio is not None:
@@ -620,7 +622,9 @@ class StimulusAvoidance(Protocol):
             f"Learning curve ({self.contingency}): stimuli needed per cycle to reach "
             f"{self.criterion_responses} responses in the last {self.criterion_window} "
             f"stimuli ({self.window_start_ms:g}-{self.window_end_ms:g} ms after the pulse, on "
-            f"{electrode}); below, each cycle's response ratio against the baseline "
+            f"{electrode}); the time each met cycle took (first stimulus to the end of the "
+            "response window that met the criterion); below, each cycle's response ratio "
+            "(responses / stimuli) against the baseline "
             f"({self.baseline_ratio if self.baseline_ratio is not None else 'n/a'}) and the "
             "criterion ratio."
         )
@@ -668,40 +672,17 @@ def stimulus_electrode_indices(stimulus: MEAStimulus, electrodes: tuple[str, ...
 
 def load_source(folder: Path) -> dict[str, Any]:
     """What a yoked run needs from the session it replays: every single-trigger stimulus
-    (device time, stimulus) in the order delivered, the device times of its cycle starts and
-    its response electrode. A stimulus whose device time runs backwards (a trigger sent after
-    the session's acquisition had stopped restarts the device clock) is not replayed.
-    Raises ConfigError naming the problem."""
-    path = folder / "events.jsonl"
-    if not path.is_file():
-        raise ConfigError(f"protocol parameter 'yoked_from': {path} does not exist")
-    stimuli: list[tuple[float, MEAStimulus]] = []
+    (device time, stimulus) in the order delivered (rig/yoked.py), the device times of its
+    cycle starts and its response electrode. Raises ConfigError naming the problem."""
+    stimuli = load_pulses(folder)
+    _, events = source_events(folder)
     cycle_starts: list[float] = []
     response = None
-    for number, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a torn last line of a crashed session
-        if e.get("type") == "stimulus" and e.get("action") == "pulse":
-            try:
-                t = float(e["device_time_s"])
-                if stimuli and t < stimuli[-1][0]:
-                    continue  # the device clock restarted (a trigger after acquisition ended)
-                stimuli.append((t, MEAStimulus.from_dict(e["stimulus"])))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(
-                    f"yoked_from: {path} line {number + 1}: the stimulus cannot be "
-                    f"replayed ({exc!r})"
-                ) from exc
-        elif e.get("type") == "protocol" and e.get("label") == "cycle_start":
+    for _, e in events:
+        if e.get("type") == "protocol" and e.get("label") == "cycle_start":
             cycle_starts.append(float(e["device_time_s"]))
         elif e.get("type") == "protocol" and e.get("label") == "baseline":
             response = e.get("response_electrode")
-    if not stimuli:
-        raise ConfigError(f"yoked_from: {path} holds no single-trigger stimuli to replay")
     return {
         "stimuli": stimuli,
         "cycle_starts": sorted(cycle_starts),

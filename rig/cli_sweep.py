@@ -18,6 +18,15 @@ def register(sub: Any) -> None:
         help="a condition; {other} in a value is the session of condition other",
     )
     p.add_argument("--metric", action="append", default=[], help="protocol metric to compare")
+    p.add_argument(
+        "--curve",
+        action="append",
+        default=[],
+        help="per-trial list metric to follow across trials (e.g. reaction_times_s)",
+    )
+    p.add_argument(
+        "--curve-bin", type=int, default=10, help="trials per bin of a --curve (default 10)"
+    )
     p.add_argument("--rig", default="sim")
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--speed", choices=("max", "realtime"), default="max")
@@ -39,6 +48,8 @@ def _run(args: argparse.Namespace) -> int:
         out=args.out,
         speed=args.speed,
         overrides=args.overrides,
+        curves=args.curve,
+        curve_bin=args.curve_bin,
     )
     for metric, pairs in sweep["comparisons"].items():
         for pair, r in pairs.items():

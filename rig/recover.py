@@ -70,6 +70,10 @@ def recover_session(
     folder = Path(session_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"session folder {folder} does not exist")
+    from rig.spike_loop import is_spike_session, recover_spike_session
+
+    if is_spike_session(folder):  # an MEA session: spike streams (rig/spike_loop.py)
+        return recover_spike_session(folder, force=force, write_report=write_report)
     streams = SessionStreams(folder)
     events, unreadable = read_events(folder / "events.jsonl")
     existing = _read_existing_summary(folder / "summary.json")

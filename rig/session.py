@@ -336,12 +336,14 @@ class AppendStream:
         first_frame: int = 0,
         columns: tuple[str, ...] | None = None,
         description: str = "",
+        file_name: str | None = None,
     ) -> None:
         self.name = name
         self.dtype = np.dtype(dtype)
         self.row_shape = tuple(int(s) for s in row_shape)
         self.row_bytes = int(self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64)))
-        self.path = folder / STREAM_FILES[name]
+        # frame sessions name their files in STREAM_FILES; other sessions (spikes) pass theirs
+        self.path = folder / (file_name or STREAM_FILES[name])
         header = {
             "stream": name,
             "file": self.path.name,

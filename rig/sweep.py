@@ -11,6 +11,14 @@ closed-loop session of its own culture; conditions run in the order given. The s
 holds every session, `sweep.json` (each run's status and metrics, and for every metric and
 pair of conditions an exact paired test over the seeds: sign-flip permutation and Wilcoxon
 signed-rank) and `sweep.html` with one figure per metric.
+
+A curve (`--curve reaction_times_s`) is a per-trial list metric (one value per trial, null
+for a trial without a value) followed across the session: each run's list is kept in
+sweep.json, cut into bins of `curve_bin` trials, and each condition's curve across seeds -
+every seed's bin median (thin lines) and the mean of those medians over the seeds that reach
+the bin (thick) - is one figure in sweep.html, with the per-bin numbers in sweep.json
+(`curve_summary`). Seeds run different numbers of trials, so late bins can rest on fewer
+seeds: each bin says how many.
 """
 
 from __future__ import annotations
@@ -89,7 +97,12 @@ def run_sweep(
     speed: str = "max",
     overrides: list[str] | None = None,
     progress: bool = True,
+    curves: list[str] | None = None,
+    curve_bin: int = 10,
 ) -> dict[str, Any]:
+    curves = list(curves or [])
+    if not (isinstance(curve_bin, int) and curve_bin >= 1):
+        raise ConfigError(f"--curve-bin {curve_bin!r} must be a whole number of trials >= 1")
     if not conditions:
         conditions = [Condition("default", ())]
     names = [c.name for c in conditions]
@@ -137,6 +150,7 @@ def run_sweep(
                     "status": result.summary["status"],
                     "error": result.summary["error"],
                     "metrics": {k: m.get(k) for k in metrics} if metrics else m,
+                    "curves": {k: _as_curve(m.get(k)) for k in curves},
                 }
             )
             done += 1
@@ -159,6 +173,10 @@ def run_sweep(
         "conditions": {c.name: list(c.assignments) for c in conditions},
         "runs": runs,
         "comparisons": comparisons,
+        "curve_bin": curve_bin,
+        "curve_summary": {
+            c: {n: curve_summary(runs, n, seeds, c, curve_bin) for n in names} for c in curves
+        },
     }
     (folder / "sweep.json").write_text(json.dumps(jsonable(sweep), indent=2))
     write_sweep_report(folder, sweep, metrics)
@@ -175,6 +193,63 @@ def metric_table(
             if isinstance(v, (int, float)) and v is not None:
                 values[seeds.index(r["seed"])] = float(v)
     return values
+
+
+def _as_curve(value: Any) -> list[float | None] | None:
+    """A per-trial list metric as floats (None for a trial without a value); None if the
+    metric is not a list."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+            for v in value]  # fmt: skip
+
+
+def binned_curve(values: list[float | None], curve_bin: int) -> np.ndarray:
+    """Median of each bin of `curve_bin` consecutive trials (NaN where a bin has no value);
+    a last, incomplete bin is kept."""
+    v = np.array([np.nan if x is None else x for x in values], float)
+    n_bins = -(-v.size // curve_bin)
+    out = np.full(n_bins, np.nan)
+    for b in range(n_bins):
+        part = v[b * curve_bin : (b + 1) * curve_bin]
+        if np.isfinite(part).any():
+            out[b] = np.nanmedian(part)
+    return out
+
+
+def curve_table(
+    runs: list[dict[str, Any]], condition: str, seeds: list[int], curve: str, curve_bin: int
+) -> np.ndarray:
+    """(seeds, bins) bin medians of a curve for one condition, NaN-padded."""
+    rows = [np.zeros(0)] * len(seeds)
+    for r in runs:
+        values = r.get("curves", {}).get(curve)
+        if r["condition"] == condition and r["status"] == "completed" and values is not None:
+            rows[seeds.index(r["seed"])] = binned_curve(values, curve_bin)
+    width = max((row.size for row in rows), default=0)
+    table = np.full((len(seeds), width), np.nan)
+    for i, row in enumerate(rows):
+        table[i, : row.size] = row
+    return table
+
+
+def curve_summary(
+    runs: list[dict[str, Any]], condition: str, seeds: list[int], curve: str, curve_bin: int
+) -> list[dict[str, Any]]:
+    """Per bin: first trial (1-based), seeds with a value, mean and median over seeds."""
+    table = curve_table(runs, condition, seeds, curve, curve_bin)
+    out = []
+    for b in range(table.shape[1]):
+        col = table[:, b][np.isfinite(table[:, b])]
+        out.append(
+            {
+                "first_trial": b * curve_bin + 1,
+                "seeds": int(col.size),
+                "mean": float(col.mean()) if col.size else None,
+                "median": float(np.median(col)) if col.size else None,
+            }
+        )
+    return out
 
 
 def compare(
@@ -210,7 +285,10 @@ def write_sweep_report(folder: Path, sweep: dict[str, Any], metrics: list[str]) 
         table = np.array([metric_table(sweep["runs"], n, seeds, metric) for n in names])
         for j in range(len(seeds)):
             ax.plot(range(len(names)), table[:, j], "-o", color="0.6", lw=0.8, ms=3)
-        ax.plot(range(len(names)), np.nanmean(table, axis=1), "-s", color="C3", lw=2, label="mean")
+        reached = np.isfinite(table).any(axis=1)
+        means = np.full(len(names), np.nan)
+        means[reached] = np.nanmean(table[reached], axis=1)  # a condition with no value: gap
+        ax.plot(range(len(names)), means, "-s", color="C3", lw=2, label="mean")
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel(metric)
         ax.set_title(f"{metric}: one line per seed")
@@ -240,6 +318,8 @@ def write_sweep_report(folder: Path, sweep: dict[str, Any], metrics: list[str]) 
             "<th>A &lt; B</th><th>p (sign flip)</th><th>p (Wilcoxon)</th></tr>"
             f"{rows}</table>"
         )
+    for curve in sweep.get("curve_summary", {}):
+        parts.append(_curve_section(folder, sweep, curve))
     runs = "".join(
         f"<tr><td>{html.escape(r['condition'])}</td><td>{r['seed']}</td>"
         f"<td>{html.escape(r['status'])}</td><td><a href='{Path(r['session']).name}/"
@@ -253,6 +333,52 @@ def write_sweep_report(folder: Path, sweep: dict[str, Any], metrics: list[str]) 
     path = folder / "sweep.html"
     path.write_text("<!doctype html><html><body>" + "".join(parts) + "</body></html>")
     return path
+
+
+def _curve_section(folder: Path, sweep: dict[str, Any], curve: str) -> str:
+    """One figure: per condition, every seed's binned curve and the mean over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = list(sweep["conditions"])
+    seeds = sweep["seeds"]
+    k = sweep["curve_bin"]
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for number, name in enumerate(names):
+        table = curve_table(sweep["runs"], name, seeds, curve, k)
+        if table.size == 0:
+            continue
+        x = np.arange(table.shape[1]) * k + (k + 1) / 2  # bin centres, in trials
+        colour = f"C{number % 10}"
+        for row in table:
+            ax.plot(x, row, "-", color=colour, lw=0.6, alpha=0.35)
+        reached = np.isfinite(table).sum(axis=0)
+        mean = np.full(table.shape[1], np.nan)
+        mean[reached > 0] = np.nanmean(table[:, reached > 0], axis=0)
+        ax.plot(x, mean, "-o", color=colour, lw=2, ms=3, label=f"{name} (mean over seeds)")
+    ax.set_xlabel(f"trial (bins of {k})")
+    ax.set_ylabel(curve)
+    ax.set_title(f"{curve}: one thin line per seed (bin median)")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    png = f"sweep_curve_{curve}.png"
+    fig.savefig(folder / png, dpi=100)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(
+            f"<td>{_fmt(b['mean'])} ({b['seeds']})</td>"
+            for b in sweep["curve_summary"][curve][name]
+        )
+        + "</tr>"
+        for name in names
+    )
+    return (
+        f"<h2>{html.escape(curve)} across the session</h2><img src='{png}'>"
+        f"<p>Mean over seeds of each seed's median in bins of {k} trials (seeds reaching the "
+        f"bin in brackets).</p><table border=1>{rows}</table>"
+    )
 
 
 def _fmt(v: Any) -> str:

@@ -116,3 +116,38 @@ def test_mea_bad_input_is_refused(tmp_path, monkeypatch, capsys):
     assert "culture.no_such" in capsys.readouterr().err
     assert main(["run", "lsa", "--rig", "sim-culture", "--set", "protocol.amplitude_ua=3000"]) == 2
     assert "amplitude_ua" in capsys.readouterr().err
+
+
+def test_yoked_reaction_time_is_the_first_output_event_of_each_replayed_period(tmp_path):
+    """A yoked run times this culture's first output event in every replayed stimulation
+    period (null when the period ends without one), so its curve can be set beside the
+    closed loop's; each time lies within its period."""
+    closed = run(tmp_path, "closed", duration=15.0)
+    yoked = run(
+        tmp_path,
+        "yoked",
+        duration=15.0,
+        overrides=[
+            "protocol.contingency=yoked",
+            f"protocol.yoked_from={closed.session_dir}",
+            "culture.noise_stream=1",
+        ],
+    )
+    m = yoked.summary["protocol"]["metrics"]
+    events = [json.loads(x) for x in (yoked.session_dir / "events.jsonl").read_text().splitlines()]
+    changes = [e for e in events if e["type"] in ("stimulus", "stimulus_stop")]
+    periods = [
+        b["device_time_s"] - a["device_time_s"]
+        for a, b in zip(changes[::2], changes[1::2])
+        if b["frame"] < yoked.summary["blocks"] - 1  # not the one stopped by teardown
+    ]
+    times = m["reaction_times_s"]
+    assert len(times) == m["trials"] == len(periods) > 0
+    assert m["gave_up"] == sum(t is None for t in times)
+    block_s = yoked.summary["block_duration_s"]
+    for t, period in zip(times, periods):
+        assert t is None or 0 < t <= period + block_s / 2
+    assert any(t is not None for t in times)
+    assert m["weight_in_out_change"] == pytest.approx(
+        m["weight_in_out_end"] - m["weight_in_out_start"]
+    )
