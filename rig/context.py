@@ -99,6 +99,35 @@ class ProtocolContext:
         return found
 
     @property
+    def focus(self) -> Any:
+        """The rig's FocusDevice (tunable lens or piezo), None without one."""
+        return self._loop.rig.focus
+
+    @property
+    def frame(self) -> np.ndarray:
+        """The raw frame being processed (read-only use; the ring slot is reused)."""
+        return self._loop.ring.frames[self.slot]
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return tuple(self._loop.ring.frames.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def speed(self) -> str:
+        """"max" (lock-step) or "realtime"."""
+        return self._loop.speed
+
+    @property
+    def acquired_until_s(self) -> float:
+        """Device time at the end of the last acquired frame (realtime: the next frame is
+        already under way)."""
+        return self._loop.last_device_time_s
+
+    @property
+    def rig_config(self) -> Any:
+        return self._loop.rig.config
+
+    @property
     def has_stimulator(self) -> bool:
         return self._loop.rig.stimulator is not None
 

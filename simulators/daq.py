@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numba
 import numpy as np
@@ -142,6 +142,10 @@ class SimulatedDAQ(ScanDAQ):
         self._stim_log: list[dict[str, Any]] = []
         self.static_outputs: dict[str, float] = {}
         self.scan_time_source: Any = None  # callable giving another scanner's clock
+        # z (um) of the imaged plane at a block's start time (world clock), e.g. a tunable
+        # lens settling (rig/focus.py FocalPlaneFollower); None: the plane moves only by the
+        # piezo's static AO
+        self.focus_z_source: Callable[[float], float] | None = None
         self._world_t0 = 0.0
         # gain noise is a fixed, seeded table cycled through (one entry per photon)
         spread = optics.pmt_gain_spread
@@ -240,7 +244,10 @@ class SimulatedDAQ(ScanDAQ):
             self.clock.wait_until(t0 + m * dt)
             t0 += self._world_t0
             photons = self._photons[:m]
+            z_um = self.focus_z_source(t0) if self.focus_z_source is not None else None
             with self._lock:
+                if z_um is not None and z_um != self.world.focus_z_um:
+                    self.world.set_focus_z_um(z_um)
                 self.world.sample_photons(x_um, y_um, t0, dt, opt.laser_power_mw, photons)
             noise = self._noise[:m]
             if opt.read_noise_counts > 0:

@@ -62,7 +62,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numba
 import numpy as np
@@ -355,6 +355,9 @@ class SimulatedResonantHardware:
         self._edges: _EdgeStream | None = None
         self._acquiring = False
         self._world_t0 = 0.0
+        # z (um) of the imaged plane at a block's start time (world clock), e.g. a tunable
+        # lens settling (rig/focus.py FocalPlaneFollower); None: the plane is left alone
+        self.focus_z_source: Callable[[float], float] | None = None
         self.io = SimulatedResonantIO(self)
         self.digitizer = SimulatedDigitizer(self)
 
@@ -779,6 +782,10 @@ class SimulatedDigitizer(Digitizer):
         )  # fmt: skip
         hw.clock.wait_until(s_end / fs)
         t0_world = hw._world_t0 + s0 / fs - self._origin_s
+        if hw.focus_z_source is not None:
+            z_um = hw.focus_z_source(t0_world)
+            if z_um != hw.world.focus_z_um:
+                hw.world.set_focus_z_um(z_um)
         hw.world.sample_photons(x, y, t0_world, sub_s, p.laser_power_mw, counts)
         self._next_free_sample = s0 + n_sub * k
         rng = hw._rng

@@ -108,6 +108,7 @@ class OptotuneLens(FocusDevice):
         full_scale_code: int = 4095,
         temperature_limits_c: tuple[float, float] | None = None,
         version_query: bytes = b"V",
+        current_limits_ma: tuple[float, float] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name or "tunable lens")
@@ -121,6 +122,15 @@ class OptotuneLens(FocusDevice):
         if temperature_limits_c is not None:
             _check_temperature_limits(*temperature_limits_c)
         codec.get_firmware_version(version_query)  # validates the query bytes
+        if current_limits_ma is not None:
+            lower, upper = (float(v) for v in current_limits_ma)
+            if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
+                raise LimitError(
+                    f"current_limits_ma = {current_limits_ma!r} must be (lower, upper) mA with "
+                    "lower < upper"
+                )
+            current_limits_ma = (lower, upper)
+        self.current_limits_at_open_ma = current_limits_ma
         self.port = port
         self.calibration = calibration
         self.timeout_s = float(timeout_s)
@@ -166,6 +176,14 @@ class OptotuneLens(FocusDevice):
             (self._upper_code,) = conn.query(codec.get_current_limit("upper"))
             (self._lower_code,) = conn.query(codec.get_current_limit("lower"))
             self._mode = _reported_mode(conn.query(codec.get_mode())[0])
+            if self.current_limits_at_open_ma is not None:
+                lower_ma, upper_ma = self._checked_software_limits(*self.current_limits_at_open_ma)
+                (self._lower_code,) = conn.query(
+                    codec.set_current_limit("lower", self._ma_to_code(lower_ma))
+                )
+                (self._upper_code,) = conn.query(
+                    codec.set_current_limit("upper", self._ma_to_code(upper_ma))
+                )
             if self.temperature_limits_c is not None:
                 self._range = _range_from(
                     self.firmware_type,
@@ -303,6 +321,17 @@ class OptotuneLens(FocusDevice):
     def set_software_current_limits_ma(self, lower_ma: float, upper_ma: float) -> None:
         """`CwLA`, `CwUA`: limits the driver enforces itself, within the hardware maximum."""
         self.require_open()
+        self._checked_software_limits(lower_ma, upper_ma)
+        conn = self._conn()
+        (self._lower_code,) = conn.query(
+            codec.set_current_limit("lower", self._ma_to_code(lower_ma))
+        )
+        (self._upper_code,) = conn.query(
+            codec.set_current_limit("upper", self._ma_to_code(upper_ma))
+        )
+        self._range = None  # the focal power range follows the current limits: ask again
+
+    def _checked_software_limits(self, lower_ma: float, upper_ma: float) -> tuple[float, float]:
         m = self.max_current_ma
         for label, value in (("lower_ma", lower_ma), ("upper_ma", upper_ma)):
             if not -m <= value <= m:
@@ -312,14 +341,7 @@ class OptotuneLens(FocusDevice):
                 )
         if not lower_ma < upper_ma:
             raise LimitError(f"lower_ma = {lower_ma:g} must be below upper_ma = {upper_ma:g} mA")
-        conn = self._conn()
-        (self._lower_code,) = conn.query(
-            codec.set_current_limit("lower", self._ma_to_code(lower_ma))
-        )
-        (self._upper_code,) = conn.query(
-            codec.set_current_limit("upper", self._ma_to_code(upper_ma))
-        )
-        self._range = None  # the focal power range follows the current limits: ask again
+        return float(lower_ma), float(upper_ma)
 
     # -- focal power ---------------------------------------------------------------------------
     @property

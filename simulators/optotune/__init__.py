@@ -16,7 +16,7 @@ Importing this package registers the pyserial URL scheme `optotune_sim://` by ap
 import serial
 
 from simulators.optotune.clock import LensClock, ManualClock, RealTimeClock
-from simulators.optotune.device import LensFaults, SimulatedLens, lens_for_url
+from simulators.optotune.device import LensFaults, SimulatedLens, lens_for_url, lens_on_clock
 from simulators.optotune.model import LensMechanics, LensModel
 
 if __name__ not in serial.protocol_handler_packages:
@@ -31,4 +31,5 @@ __all__ = [
     "RealTimeClock",
     "SimulatedLens",
     "lens_for_url",
+    "lens_on_clock",
 ]

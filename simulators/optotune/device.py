@@ -581,6 +581,42 @@ def lens_for_url(url: str) -> SimulatedLens:
     return lens
 
 
+def lens_on_clock(url: str, clock: LensClock) -> tuple[SimulatedLens, str]:
+    """A simulated lens on `clock` (a simulated rig's virtual time) from an unnamed
+    `optotune_sim://[?options]` URL: device and LensModel options configure the lens made
+    here; fault options stay in the returned URL (`optotune_sim://NAME?faults`), which is
+    what the driver opens. Raises ValueError naming a bad option."""
+    from urllib.parse import parse_qsl, urlencode
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != SCHEME:
+        raise ValueError(f"{url!r} is not an {SCHEME}:// URL")
+    location, _, query = rest.partition("?")
+    if location.rstrip("/"):
+        raise ValueError(
+            f"{url!r} names a lens; a simulated rig makes its own lens on its clock: "
+            f"use {SCHEME}:// (options after '?')"
+        )
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    model_names = set(LensModel.__dataclass_fields__)
+    allowed = set(DEVICE_OPTIONS) | model_names | set(FAULT_OPTIONS)
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} in {url!r}; allowed: "
+            f"{', '.join(sorted(allowed))}"
+        )
+    try:
+        model = LensModel(**{k: float(v) for k, v in options.items() if k in model_names})
+        device = {k: DEVICE_OPTIONS[k](v) for k, v in options.items() if k in DEVICE_OPTIONS}
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"bad option in {url!r}: {e}") from e
+    lens = SimulatedLens(model, clock, **device)
+    faults = {k: v for k, v in options.items() if k in FAULT_OPTIONS}
+    _apply_fault_options(lens.faults, faults, url)  # checked now, applied again on open
+    return lens, lens.url + (f"?{urlencode(faults)}" if faults else "")
+
+
 def _apply_fault_options(faults: LensFaults, options: dict[str, str], url: str) -> None:
     def ints(key: str) -> set[int]:
         return {int(v) for v in options[key].split(",") if v.strip()}

@@ -131,13 +131,17 @@ class _Stimulation:
 class World:
     """The simulated specimen and its activity, observed through photons (see module doc)."""
 
-    def __init__(self, config: WorldConfig, seed: int) -> None:
+    def __init__(
+        self, config: WorldConfig, seed: int, max_cached_planes: int = MAX_CACHED_PLANES
+    ) -> None:
         if not isinstance(config, WorldConfig):
             raise TypeError(f"config must be a WorldConfig, got {type(config).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed = {seed!r} must be a non-negative integer")
         self.config = config
         self.seed = int(seed)
+        # rendered focal planes kept (volumetric imaging visits settled and settling planes)
+        self.max_cached_planes = int(max_cached_planes)
         specimen_seed, activity_seed, photon_seed, neuropil_seed, motion_seed = \
             np.random.SeedSequence(self.seed).spawn(5)
         self.specimen = Specimen(config, np.random.default_rng(specimen_seed), neuropil_seed)
@@ -232,7 +236,7 @@ class World:
         if plane is None:
             plane = self.specimen.render_plane(key * FOCUS_QUANTUM_UM)
             self._planes[key] = plane
-            if len(self._planes) > MAX_CACHED_PLANES:
+            if len(self._planes) > self.max_cached_planes:
                 self._planes.popitem(last=False)
         else:
             self._planes.move_to_end(key)
