@@ -14,7 +14,7 @@ from typing import Any
 
 from drivers.base import Device
 from drivers.daq.contract import ScanDAQ
-from drivers.roles import Scanner, Stimulator
+from drivers.roles import FocusDevice, Scanner, Stimulator
 from drivers.scanning.galvo import GalvoGalvoScanner
 from drivers.scanning.galvo_waveforms import GalvoScanSettings
 from drivers.scanning.resonant import ResonantGalvoScanner, ResonantScanSettings
@@ -38,6 +38,7 @@ class Rig:
     spikes: Any = None  # drivers.mea.spikes.SpikeSource: spike blocks as the loop's input
     culture: Any = None  # simulators.culture.Culture (ground truth of simulated MEA rigs)
     servers: list[Any] = field(default_factory=list)  # simulated servers, closed last
+    focus: FocusDevice | None = None  # [focus]: tunable lens or objective piezo (rig/focus.py)
 
     def open_all(self) -> None:
         for d in self.devices:
@@ -226,6 +227,22 @@ def stimulator_parts(config: RigConfig) -> tuple[LightStimulatorLimits, LightPat
     return limits, calibration
 
 
+def build_focus(config: RigConfig, world: Any = None, daq: Any = None) -> FocusDevice | None:
+    """The focus device of [focus] (None for focus.kind = "none"), not opened. On a simulated
+    rig with a lens, the lens runs on the world's clock and `focus.sim_follower` is what the
+    simulated scan hardware calls (`focus_z_source`) to move the world's imaged plane."""
+    from rig.focus import build_focus_device
+
+    focus, follower = build_focus_device(config, world, daq)
+    if world is not None and config["volume.planes_um"]:
+        # a volume cycle visits its settled planes and those passed while settling
+        planes = len(config["volume.planes_um"])
+        world.max_cached_planes = max(world.max_cached_planes, 4 * planes + 8)
+    if focus is not None:
+        focus.sim_follower = follower  # type: ignore[attr-defined]
+    return focus
+
+
 def build_mea_rig(config: RigConfig, *, seed: int | None, speed: str) -> Rig:
     """An MEA rig: an Intan RHX (real, or the simulated server wired to a simulated culture)
     delivering spike blocks and stimulating through its stimulation controller."""
@@ -354,7 +371,14 @@ def build_rig(config: RigConfig, *, seed: int | None = None, speed: str = "max")
             limits=limits,
             calibration=calibration,
         )
+    focus = build_focus(config, world, daq)
+    follower = getattr(focus, "sim_follower", None)
+    if follower is not None:  # the world's imaged plane follows the simulated lens
+        hw = getattr(scanner, "sim_hardware", None) if resonant else daq
+        hw.focus_z_source = follower
     devices: list[Device] = [daq, scanner] + ([stimulator] if stimulator else [])
+    if focus is not None:
+        devices.append(focus)
     return Rig(
         config=config,
         daq=daq,
@@ -363,4 +387,5 @@ def build_rig(config: RigConfig, *, seed: int | None = None, speed: str = "max")
         world=world,
         clock=clock,
         devices=devices,
+        focus=focus,
     )

@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Key:
     default: Any
-    kind: str  # float, int, bool, str, float2, strs
+    kind: str  # float, int, bool, str, float2, floats, strs
     unit: str = ""
     lo: float | None = None
     hi: float | None = None
@@ -144,8 +144,14 @@ SCHEMA: dict[str, Key] = {
     "motion.registration_px": Key(256, "int", "px", 32, 4096, help="frames binned to this size"),
     "neuropil.enabled": Key(False, "bool", help="off by default: see docs/PIPELINE.md"),
     "neuropil.coefficient": Key(0.7, "float", "", 0.0, 1.0, help="F - r * F_neuropil"),
-    "deconvolution.enabled": Key(True, "bool", help="online OASIS AR(1)"),
+    "deconvolution.enabled": Key(True, "bool", help="online OASIS (AR(1) or AR(2))"),
     "deconvolution.decay_tau_s": Key(0.2, "float", "s", 0.01, 10.0, help="indicator decay"),
+    "deconvolution.model": Key(
+        "ar1", "str", choices=("ar1", "ar2"), help="OASIS AR(1) (decay) or AR(2) (rise and decay)"
+    ),
+    "deconvolution.rise_tau_s": Key(
+        0.02, "float", "s", 0.001, 1.0, help="indicator rise (AR(2) only)"
+    ),
     "deconvolution.s_min_sds": Key(3.0, "float", "SD", 0.0, 20.0, help="s_min in noise SDs"),
     "deconvolution.spike_lag_s": Key(0.2, "float", "s", 0.0, 10.0, help="spike estimate lag"),
     "rg.enabled": Key(False, "bool", help="incremental coarse-graining stage"),
@@ -200,6 +206,63 @@ SCHEMA: dict[str, Key] = {
     "sim.resonant_um_per_volt": Key(62.5, "float", "um/V", 1e-3, 1e5, help="true amplitude cal"),
     "sim.sub_bin_max_um": Key(
         0.75, "float", "um", 0.01, 10.0, help="beam travel per simulated photon sub-bin"
+    ),
+    # focus device (rig/focus.py, docs/devices/optotune.md "Multi-plane imaging")
+    "focus.kind": Key(
+        "none", "str", choices=("none", "piezo", "optotune"), help="what moves the imaged plane"
+    ),
+    "focus.port": Key(
+        "optotune_sim://",
+        "str",
+        help="optotune: port name, URL or description text; sim rigs: optotune_sim://",
+    ),
+    "focus.f_objective_mm": Key(
+        12.5, "float", "mm", 0.1, 1000.0, help="objective focal length (tube standard / mag.)"
+    ),
+    "focus.f_scan_mm": Key(50.0, "float", "mm", 1.0, 10000.0, help="scan lens focal length"),
+    "focus.f_tube_mm": Key(200.0, "float", "mm", 1.0, 10000.0, help="tube lens focal length"),
+    "focus.relay_mm": Key(
+        [], "floats", "mm", 1.0, 10000.0, help="4f relays lens -> scan mirror: f_r1, f_r2, ..."
+    ),
+    "focus.zero_dpt": Key(
+        0.0, "float", "dpt", -50.0, 50.0, help="focal power that images the nominal plane z = 0"
+    ),
+    "focus.focal_power_range_dpt": Key(
+        [-5.0, 5.0], "float2", "dpt", -50.0, 50.0, help="focal powers the rig may use"
+    ),
+    "focus.calibration_file": Key(
+        "", "str", help="FocalPowerZCalibration JSON (bead stack); overrides the optics"
+    ),
+    "focus.current_limit_ma": Key(
+        0.0, "float", "mA", 0.0, 1000.0, help="software limit +- this, set at open; 0: keep"
+    ),
+    "focus.full_scale_code": Key(4095, "int", "", 4095, 4096, help="current code full scale"),
+    "focus.timeout_s": Key(0.5, "float", "s", 0.01, 60.0, help="lens reply timeout"),
+    "focus.on_fault": Key(
+        "record", "str", choices=("record", "abort"), help="a lens that stops answering"
+    ),
+    "focus.read_every_s": Key(
+        1.0, "float", "s", 0.05, 3600.0, help="lens readings into events.jsonl (own thread)"
+    ),
+    "focus.piezo_channel": Key("ao5", "str", help="piezo: static AO channel"),
+    "focus.piezo_um_per_volt": Key(40.0, "float", "um/V", 1e-3, 1e4),
+    "focus.piezo_zero_um": Key(-200.0, "float", "um", -1e4, 1e4, help="piezo z at 0 V"),
+    "focus.travel_um": Key(
+        [-200.0, 200.0], "float2", "um", -1e4, 1e4, help="piezo: allowed z range"
+    ),
+    # volumetric imaging: a plane per frame (docs/devices/optotune.md)
+    "volume.planes_um": Key(
+        [], "floats", "um", -1e4, 1e4, help="z of each plane; empty: single plane"
+    ),
+    "volume.frames_per_plane": Key(1, "int", "frames", 1, 10000),
+    "volume.settle_frames": Key(
+        0, "int", "frames", 0, 1000, help="settling frames after each plane change"
+    ),
+    "volume.settle_s": Key(
+        0.0, "float", "s", 0.0, 10.0, help="or: frames starting this soon after a step settle"
+    ),
+    "volume.settling": Key(
+        "flag", "str", choices=("flag", "discard"), help="settling frames: traced or not"
     ),
 }
 
@@ -289,6 +352,12 @@ def coerce(key: str, value: Any, spec: Key, where: str = "") -> Any:
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         ):
             raise bad(f"a pair of numbers [x, y]{unit}")
+        return [in_range(float(v)) for v in value]
+    if spec.kind == "floats":
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+        ):
+            raise bad(f"a list of numbers [a, b, ...]{unit}")
         return [in_range(float(v)) for v in value]
     if spec.kind == "strs":
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):

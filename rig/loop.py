@@ -40,6 +40,7 @@ from rig.pipeline import STAGES, Pipeline
 from rig.protocol import Protocol
 from rig.ring import FrameRing
 from rig.session import EventLog, SessionRecorder, format_exception
+from rig.volume import VolumePipeline
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class RunLoop:
     def __init__(
         self,
         rig: Rig,
-        pipeline: Pipeline,
+        pipeline: Pipeline | VolumePipeline,
         protocol: Protocol,
         ring: FrameRing,
         recorder: SessionRecorder,
@@ -67,6 +68,8 @@ class RunLoop:
         self.rig = rig
         self.scanner = rig.scanner
         self.pipeline = pipeline
+        # volumetric imaging: the acquisition thread steps the focus a plane per frame
+        self.volume = pipeline if isinstance(pipeline, VolumePipeline) else None
         self.protocol = protocol
         self.ring = ring
         self.recorder = recorder
@@ -80,6 +83,7 @@ class RunLoop:
         self.live = live
         self.control = control
         self._rois_published = False
+        self.line_phase: Any = None  # rig.line_phase_follow.LinePhaseFollower when tracking
         # outcome
         self.error: BaseException | None = None
         self.error_text: str | None = None
@@ -203,7 +207,7 @@ class RunLoop:
         return None
 
     def _acquire(self) -> None:
-        ring, scanner = self.ring, self.scanner
+        ring, scanner, volume = self.ring, self.scanner, self.volume
         scratch = np.zeros(ring.frames.shape[1:], np.int16)
         period = 1.0 / self.frame_rate_hz
         lockstep = self.speed == "max"
@@ -230,7 +234,11 @@ class RunLoop:
                     except queue.Empty:
                         slot = None
                 target = ring.frames[slot] if slot is not None else scratch
+                if volume is not None:  # on the frame boundary, before the frame starts
+                    plane, settling = volume.before_frame()
                 info = scanner.read_frame(target)
+                if volume is not None:
+                    volume.after_frame(slot, info.index, plane, settling)
                 self.frames_acquired += 1
                 self.last_device_time_s = info.device_time_s + period
                 if slot is None:
@@ -288,6 +296,8 @@ class RunLoop:
             self.frames_processed += 1
             if self.live is not None:
                 self._publish(slot, index, (done - ring.frame_complete_s[slot]) * 1e3)
+            if self.line_phase is not None:  # after the latency stamp: housekeeping
+                self.line_phase.update(ring.frames[slot], index)
             ring.record.put(slot)
             if self.speed == "max":
                 self._processed.release()

@@ -8,15 +8,20 @@ Stages, in order (names as in config, summary.json `stage_ms_median` and session
                    pixels at the shifted position, never by moving the frame. Frames that
                    cannot be registered are flagged (events.jsonl) and give NaN traces.
 2. `rois`          collects the reference period (or uses an ROI file / suite2p output),
-                   builds the mean image (motion-corrected) and detects ROIs once.
+                   builds the mean image (motion-corrected) and detects ROIs once. In
+                   realtime sessions the detection (seconds on a 512 x 512 field) runs on a
+                   worker thread while frames keep flowing (without traces), and the result
+                   is installed by the processing thread at the next frame; in max-speed
+                   sessions it runs in place, so the install frame is deterministic.
 3. `extract`       weighted mean fluorescence per ROI (numba, no allocation).
 4. `neuropil`      square-ring neuropil means; F_corrected = F - r F_neuropil (r = 0.7).
 5. `dff`           causal dF/F against a running percentile baseline (trailing window).
 6. `noise_level`   CASCADE noise level per ROI over a trailing window.
-7. `deconvolution` online OASIS AR(1) per ROI, s_min from the noise level: denoised calcium
+7. `deconvolution` online OASIS AR(1) or AR(2) per ROI, s_min from the noise level: denoised calcium
                    and spike estimates with exact zeros.
 8. `rg`            incremental coarse-graining of the chosen signal (analysis.rg), re-paired
-                   on a schedule, observables published for the GUI.
+                   on a schedule (realtime: on a worker thread, the new tree swapped in
+                   between frames; max speed: in place), observables published for the GUI.
 
 Each stage can be switched off in the rig config (`motion.enabled`, ...), except `rois`,
 `extract` and `dff`. Each stage's time is measured per frame (`stage_ms`). State is allocated
@@ -26,6 +31,7 @@ once, when the ROIs are known (logged as an event).
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -33,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from analysis import motion as motion_numerics
-from analysis.deconvolution import OnlineOasis, ar1_decay_factor
+from analysis.deconvolution import OnlineOasis, OnlineOasisAR2, online_deconvolution
 from analysis.dff import OnlineDff
 from analysis.neuropil import Neuropil
 from analysis.noise import OnlineNoiseLevel
@@ -67,11 +73,14 @@ class PipelineSettings:
     motion: bool = False
     motion_max_shift_um: float = 15.0
     motion_registration_px: int = 256
+    detect_in_background: bool = False
     neuropil: bool = False
     neuropil_coefficient: float = 0.7
     noise: bool = True
     deconvolution: bool = False
     decay_tau_s: float = 0.2
+    deconvolution_model: str = "ar1"
+    rise_tau_s: float = 0.02
     s_min_sds: float = 3.0
     spike_lag_s: float = 0.2
     rg: bool = False
@@ -93,6 +102,18 @@ class PipelineSettings:
                 f"rg.signal = {self.rg_signal!r} needs deconvolution.enabled "
                 '(or set rg.signal = "dff")'
             )
+
+
+@dataclass(frozen=True)
+class ReferenceResult:
+    """What the reference period gives: the motion corrector (None without motion
+    correction), how many reference frames registered, the mean image, detected ROIs (None
+    when ROIs came from a file)."""
+
+    motion_corrector: motion_numerics.MotionCorrector | None
+    good_reference_frames: int
+    mean_image: np.ndarray
+    rois: RoiSet | None
 
 
 class Pipeline:
@@ -129,11 +150,15 @@ class Pipeline:
         self._neuropil: Neuropil | None = None
         self._dff: OnlineDff | None = None
         self._noise: OnlineNoiseLevel | None = None
-        self._deconvolution: OnlineOasis | None = None
+        self._deconvolution: OnlineOasis | OnlineOasisAR2 | None = None
         self.rg: Any = None
         self._corrected: np.ndarray | None = None
         self._rg_row: np.ndarray | None = None
         self._frames_since_publish = 0
+        self._detection: threading.Thread | None = None
+        self._rg_job: Any = None
+        self._rg_worker: threading.Thread | None = None
+        self._detected: ReferenceResult | BaseException | None = None
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -182,7 +207,9 @@ class Pipeline:
             shift[:] = 0.0
         t1 = time.perf_counter()
         times[0] = (t1 - t0) * 1e3
-        if self.rois is None or self._n_reference < self._reference.shape[0]:
+        if self._detection is not None:
+            self._install_detected(frame_index)
+        elif self.rois is None or self._n_reference < self._reference.shape[0]:
             self._collect_reference(frame, frame_index)
         t2 = time.perf_counter()
         times[1] = (t2 - t1) * 1e3
@@ -246,31 +273,79 @@ class Pipeline:
             self._n_reference += 1
         if self._n_reference < self._reference.shape[0]:
             return
+        if self.settings.detect_in_background:
+            self._detection = threading.Thread(
+                target=self._detect_in_worker, name="roi-detection", daemon=True
+            )
+            self._detection.start()
+            self.post_event(
+                {
+                    "type": "pipeline",
+                    "event": "ROI detection started on a worker thread",
+                    "frame": frame_index,
+                }
+            )
+            return
+        self._install_reference(self._analyse_reference(), frame_index)
+
+    def _detect_in_worker(self) -> None:
+        try:
+            self._detected = self._analyse_reference()
+        except BaseException as e:  # noqa: BLE001 - handed to the processing thread
+            self._detected = e
+
+    def _install_detected(self, frame_index: int) -> None:
+        assert self._detection is not None
+        if self._detection.is_alive():
+            return
+        self._detection.join()
+        self._detection = None
+        result, self._detected = self._detected, None
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"ROI detection on the reference period failed: {result}") from (
+                result
+            )
+        assert result is not None
+        self._install_reference(result, frame_index)
+
+    def _analyse_reference(self) -> ReferenceResult:
+        """Motion reference, mean image and ROIs from the reference period. Touches no
+        pipeline state, so it can run on a worker thread."""
         s = self.settings
         reference = self._reference
+        corrector = None
+        good_frames = reference.shape[0]
         if s.motion:
             max_shift_px = s.motion_max_shift_um / min(s.pixel_size_um)
             image = motion_numerics.build_reference(reference, max_shift_px)
-            self.motion_corrector = motion_numerics.MotionCorrector(
+            corrector = motion_numerics.MotionCorrector(
                 image, max_shift_px, registration_size_px=s.motion_registration_px
             )
-            shifts, _, _ = motion_numerics.register_frames(reference, self.motion_corrector)
+            shifts, _, _ = motion_numerics.register_frames(reference, corrector)
             good = np.isfinite(shifts).all(axis=1)
+            good_frames = int(good.sum())
             reference = motion_numerics.corrected_frames(reference[good], shifts[good])
+        rois = None
+        if self.rois is None:
+            px = s.pixel_size_um
+            diameter_px = s.cell_diameter_um / float(np.sqrt(px[0] * px[1]))
+            rois = detect_rois(reference, cell_diameter_px=diameter_px, max_rois=s.max_rois)
+        return ReferenceResult(corrector, good_frames, reference.mean(axis=0), rois)
+
+    def _install_reference(self, result: ReferenceResult, frame_index: int) -> None:
+        if result.motion_corrector is not None:
+            self.motion_corrector = result.motion_corrector
             self.post_event(
                 {
                     "type": "motion",
                     "event": "reference built",
                     "frame": frame_index,
-                    "reference_frames": int(good.sum()),
+                    "reference_frames": result.good_reference_frames,
                 }
             )
-        self.mean_image = reference.mean(axis=0)
-        if self.rois is None:
-            px = s.pixel_size_um
-            diameter_px = s.cell_diameter_um / float(np.sqrt(px[0] * px[1]))
-            rois = detect_rois(reference, cell_diameter_px=diameter_px, max_rois=s.max_rois)
-            self._install_rois(rois, frame_index, how="detected on the reference period")
+        self.mean_image = result.mean_image
+        if result.rois is not None:
+            self._install_rois(result.rois, frame_index, how="detected on the reference period")
 
     def _install_rois(self, rois: RoiSet, frame_index: int, how: str) -> None:
         s = self.settings
@@ -293,10 +368,15 @@ class Pipeline:
             window = max(2, int(round(s.noise_window_s * s.frame_rate_hz)))
             self._noise = OnlineNoiseLevel(n, window, s.frame_rate_hz)
         if s.deconvolution:
-            g = ar1_decay_factor(s.decay_tau_s, s.frame_rate_hz)
             lag = int(round(s.spike_lag_s * s.frame_rate_hz))
-            self._deconvolution = OnlineOasis(
-                n, g, spike_lag_frames=lag, pool_capacity=max(256, lag + 2)
+            self._deconvolution = online_deconvolution(
+                s.deconvolution_model,
+                n,
+                s.frame_rate_hz,
+                s.decay_tau_s,
+                s.rise_tau_s,
+                spike_lag_frames=lag,
+                pool_capacity=max(256, lag + 2),
             )
         if s.rg:
             self._start_rg(n)
@@ -326,10 +406,21 @@ class Pipeline:
         s = self.settings
         repair = max(2, int(round(s.rg_repair_every_s * s.frame_rate_hz)))
         self.rg = OnlineCoarseGraining(
-            n, levels=min(levels, 8), block_frames=16, repair_every_frames=repair
+            n,
+            levels=min(levels, 8),
+            block_frames=16,
+            repair_every_frames=repair,
+            repair_in_update=False,
         )
         self._rg_row = np.zeros(n, np.float32)
         self._publish_every = max(1, int(round(s.rg_publish_every_s * s.frame_rate_hz)))
+
+    def _finish_rg_repair(self, job: Any) -> None:
+        try:
+            self.rg.finish_repair(job)
+            self.post_event({"type": "rg", "event": "re-paired", "frames": int(job.n_frames)})
+        except ValueError as e:
+            self.post_event({"type": "rg", "event": "re-pairing skipped", "reason": str(e)})
 
     def _update_rg(self, ring: FrameRing, slot: int, dff: np.ndarray) -> None:
         s = self.settings
@@ -342,20 +433,39 @@ class Pipeline:
         np.maximum(row, 0.0, out=self._rg_row)
         rg = self.rg
         rg.update(self._rg_row)
-        if rg.repair_due:
+        worker = self._rg_worker
+        if self._rg_job is not None and worker is not None and not worker.is_alive():
+            worker.join()
+            job, self._rg_job, self._rg_worker = self._rg_job, None, None
+            self._finish_rg_repair(job)
+        elif self._rg_job is None and rg.repair_due:
             try:
-                rg.repair()
-                self.post_event(
-                    {"type": "rg", "event": "re-paired", "frames": int(rg.frames_in_window)}
-                )
+                job = rg.begin_repair()
             except ValueError as e:
                 self.post_event({"type": "rg", "event": "re-pairing skipped", "reason": str(e)})
+            else:
+                if s.detect_in_background:  # realtime: re-pair off the processing thread
+                    self._rg_job = job
+                    self._rg_worker = threading.Thread(
+                        target=_run_rg_job, args=(job,), name="rg-repair", daemon=True
+                    )
+                    self._rg_worker.start()
+                else:  # max speed: in place, so the swap frame is deterministic
+                    job.run()
+                    self._finish_rg_repair(job)
         self._frames_since_publish += 1
         if self.publish is not None and self._frames_since_publish >= self._publish_every:
             self._frames_since_publish = 0
             live = rg_live_values(rg)
             if live:
                 self.publish("rg", live)
+
+
+def _run_rg_job(job: Any) -> None:
+    try:
+        job.run()
+    except Exception:  # noqa: BLE001 - kept in job.error; finish_repair re-raises it
+        pass
 
 
 def rg_live_values(rg: Any) -> dict[str, Any] | None:

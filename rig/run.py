@@ -23,12 +23,15 @@ import numpy as np
 from analysis.noise import noise_level as batch_noise_level
 from rig.assembly import Rig, build_rig
 from rig.config import ConfigError, RigConfig, load_rig_config, split_overrides
+from rig.focus import FocusFaults, FocusMonitor
 from rig.live import LiveState, RunControl
 from rig.loop import RunLoop
+from rig.line_phase_follow import check_line_phase_tracking, line_phase_follower
 from rig.pipeline import STAGES, Pipeline, PipelineSettings, load_rois
 from rig.protocol import Protocol, load_protocol_class
 from rig.ring import FrameRing
 from rig.session import EventLog, SessionRecorder, format_exception, new_session_dir, write_summary
+from rig.volume import VolumePipeline, VolumeSchedule
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +62,10 @@ def prepare(
     return config, cls(**values)
 
 
-def pipeline_settings(config: RigConfig, scanner: Any) -> PipelineSettings:
-    """Pipeline settings from the rig config and the scanner's geometry (checked)."""
+def pipeline_settings(config: RigConfig, scanner: Any, speed: str = "max") -> PipelineSettings:
+    """Pipeline settings from the rig config and the scanner's geometry (checked). Realtime
+    sessions detect ROIs on a worker thread so frames keep flowing; max-speed sessions in
+    place, so the session data stay deterministic."""
     settings = PipelineSettings(
         frame_rate_hz=scanner.frame_rate_hz,
         frame_shape=scanner.frame_shape,
@@ -76,11 +81,14 @@ def pipeline_settings(config: RigConfig, scanner: Any) -> PipelineSettings:
         motion=config["motion.enabled"],
         motion_max_shift_um=config["motion.max_shift_um"],
         motion_registration_px=config["motion.registration_px"],
+        detect_in_background=speed == "realtime",
         neuropil=config["neuropil.enabled"],
         neuropil_coefficient=config["neuropil.coefficient"],
         noise=config["noise.enabled"],
         deconvolution=config["deconvolution.enabled"],
         decay_tau_s=config["deconvolution.decay_tau_s"],
+        deconvolution_model=config["deconvolution.model"],
+        rise_tau_s=config["deconvolution.rise_tau_s"],
         s_min_sds=config["deconvolution.s_min_sds"],
         spike_lag_s=config["deconvolution.spike_lag_s"],
         rg=config["rg.enabled"],
@@ -149,8 +157,14 @@ def run_experiment(
     scanner = rig_obj.scanner
     frame_rate = scanner.frame_rate_hz
     max_frames = max(1, int(round(duration_s * frame_rate)))
-    settings = pipeline_settings(config, scanner)
+    settings = pipeline_settings(config, scanner, speed)
 
+    check_line_phase_tracking(config)
+    if config["volume.planes_um"] and settings.roi_source != "detect":
+        raise ConfigError(
+            f"rois.source = {settings.roi_source!r}: volumetric imaging (volume.planes_um) "
+            'detects ROIs per plane; set rois.source = "detect"'
+        )
     if settings.roi_source != "detect":  # a bad ROI file is refused before devices open
         try:
             load_rois(settings.roi_source, settings.frame_shape)
@@ -176,7 +190,7 @@ def run_experiment(
     # a scanner may measure its rate when it opens (resonant: the line clock)
     frame_rate = scanner.frame_rate_hz
     max_frames = max(1, int(round(duration_s * frame_rate)))
-    settings = pipeline_settings(config, scanner)
+    settings = pipeline_settings(config, scanner, speed)
     events = EventLog(folder / "events.jsonl")
     started_wall = time.time()
     t_start = time.monotonic()
@@ -194,14 +208,33 @@ def run_experiment(
         }
     )
     events.post({"type": "config", "config": config.to_dict()})
-    pipeline = Pipeline(
-        settings,
-        events.post,
-        publish=live.set_extra if live else None,
-        # a replayed suite2p recording hands over traces instead of frames to extract
-        trace_source=getattr(scanner, "trace_source", None),
-    )
     ring = FrameRing(config["loop.ring_frames"], scanner.frame_shape, config["rois.max_rois"])
+    schedule = VolumeSchedule.from_config(config, frame_rate)
+    focus_faults = None
+    if rig_obj.focus is not None:  # a lens that stops answering: focus.on_fault
+        focus_faults = FocusFaults(
+            config["focus.on_fault"], events.post, lambda exc, where: loop.fail(exc, where)
+        )
+    pipeline: Pipeline | VolumePipeline
+    if schedule is None:
+        pipeline = Pipeline(
+            settings,
+            events.post,
+            publish=live.set_extra if live else None,
+            # a replayed suite2p recording hands over traces instead of frames to extract
+            trace_source=getattr(scanner, "trace_source", None),
+        )
+    else:  # a pipeline per plane; the loop steps the focus a plane per frame
+        pipeline = VolumePipeline(
+            schedule,
+            settings,
+            ring,
+            events.post,
+            focus=rig_obj.focus,
+            settling=config["volume.settling"],
+            max_frames=max_frames,
+            faults=focus_faults,
+        )
     recorder = SessionRecorder(
         folder,
         ring,
@@ -223,6 +256,7 @@ def run_experiment(
         control=control,
         late_tolerance_s=config["loop.late_tolerance_s"],
     )
+    loop.line_phase = line_phase_follower(config, scanner, events.post)
     if live is not None:
         live.start(
             frame_shape=scanner.frame_shape,
@@ -230,6 +264,16 @@ def run_experiment(
             frame_rate_hz=frame_rate,
         )
     loop.session_dir = folder
+    loop.focus_faults = focus_faults  # type: ignore[attr-defined]
+    monitor = None
+    if rig_obj.focus is not None and focus_faults is not None:
+        monitor = FocusMonitor(
+            rig_obj.focus,
+            events.post,
+            focus_faults,
+            config["focus.read_every_s"],
+            device_time=lambda: loop.last_device_time_s,
+        )
     if control is not None:
         control.attach(loop)
     snapshots: dict[str, Any] = {}
@@ -240,6 +284,10 @@ def run_experiment(
             pipeline.setup()
             snapshots = rig_obj.snapshot()
             events.post({"type": "device", "event": "opened", "snapshots": snapshots})
+            if rig_obj.focus is not None and schedule is None:
+                rig_obj.focus.move_to_um(0.0)  # the nominal plane (a volume starts at plane 0)
+            if monitor is not None:
+                monitor.start()
             proto.setup(loop.ctx)
             setup_done = True
             # collect once and freeze what survives setup: a full collection with numba, Qt
@@ -268,6 +316,8 @@ def run_experiment(
                         "traceback": format_exception(exc),
                     }
                 )
+            if monitor is not None:
+                monitor.stop()
             problems = rig_obj.safe_all()
             events.post({"type": "safe", "reason": "end of session", "problems": problems})
     finally:
@@ -316,7 +366,7 @@ def _pct(values: np.ndarray) -> dict[str, float | None]:
 
 
 def _after_session(
-    folder: Path, rig_obj: Any, pipeline: Pipeline, frame_rate_hz: float
+    folder: Path, rig_obj: Any, pipeline: Pipeline | VolumePipeline, frame_rate_hz: float
 ) -> dict[str, Any]:
     """The `rg` block (coarse-graining of the recorded signal) and, on simulated rigs, the
     `accuracy` block against ground truth; a failure becomes a reason, never an abort."""
@@ -331,6 +381,11 @@ def _after_session(
             out["rg"] = rg_block(folder, s.rg_signal, frame_rate_hz)
         except Exception as e:  # noqa: BLE001
             out["rg"] = {"valid": False, "reason": f"{type(e).__name__}: {e}"}
+    if isinstance(pipeline, VolumePipeline):
+        out["volume"] = pipeline.summary()
+        if rig_obj.world is not None:  # the accuracy block compares with one plane's truth
+            out["accuracy"] = {"skipped": "volumetric session (a ground truth per plane)"}
+        return out
     if rig_obj.world is not None and pipeline.rois is not None:
         try:
             out["accuracy"] = accuracy_block(
@@ -352,7 +407,7 @@ def _finish(
     loop: RunLoop,
     rig_obj: Any,
     proto: Protocol,
-    pipeline: Pipeline,
+    pipeline: Pipeline | VolumePipeline,
     recorder: SessionRecorder,
     events: EventLog,
     folder: Path,
@@ -378,7 +433,9 @@ def _finish(
             dff = recorder.file["dff"][:]
             start = pipeline.roi_start_frame or 0
             rows = dff[start:]
-            if rows.shape[0] >= 2:
+            if isinstance(pipeline, VolumePipeline):  # each ROI over its own plane's frames
+                noise = pipeline.session_noise_level(dff)
+            elif rows.shape[0] >= 2:
                 noise = batch_noise_level(rows.T.astype(np.float64), loop.frame_rate_hz)
         recorder.finish(
             rois=pipeline.rois,
@@ -394,6 +451,8 @@ def _finish(
                 "status": status,
             },
         )
+        if isinstance(pipeline, VolumePipeline):
+            pipeline.write_h5(folder / "session.h5")
     except Exception as exc:  # noqa: BLE001
         finish_error = f"writing session.h5: {type(exc).__name__}: {exc}"
         status = "aborted"
@@ -459,6 +518,18 @@ def _finish(
         "config": config.to_dict(),
         "devices": snapshots,
     }
+    if loop.line_phase is not None:
+        summary["line_phase"] = loop.line_phase.summary()
+    focus_faults = getattr(loop, "focus_faults", None)
+    if focus_faults is not None:
+        summary["focus"] = {"on_fault": focus_faults.on_fault, "fault": focus_faults.error}
+    if (folder / "session.h5").is_file():
+        try:
+            from rig.session_analysis import record_stage_timing
+
+            record_stage_timing(folder, stage_ms, STAGES)
+        except Exception as e:  # noqa: BLE001 - a figure must never fail the session
+            summary["stage_timing_error"] = f"{type(e).__name__}: {e}"
     summary.update(_after_session(folder, rig_obj, pipeline, loop.frame_rate_hz))
     write_summary(folder, summary)
     events.post({"type": "session", "event": "end", "status": status, "error": summary["error"]})

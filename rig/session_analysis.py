@@ -101,3 +101,43 @@ def accuracy_block(
         spikes=spikes,
         spike_lag_frames=spike_lag_frames,
     )
+
+
+def record_stage_timing(folder: Path, stage_ms: np.ndarray, stage_names: tuple[str, ...]) -> None:
+    """Per-frame, per-stage processing time (issue 3, item 7): `timing/stage_ms` (frames x
+    stages, ms, NaN for a stage that did not run) in session.h5, and a report figure with each
+    stage's median and p99 and its share of the processing time."""
+    from matplotlib.figure import Figure
+
+    from rig.report import add_figure
+
+    with h5py.File(folder / "session.h5", "a") as f:
+        if "timing/stage_ms" in f:
+            del f["timing/stage_ms"]
+        ds = f.create_dataset("timing/stage_ms", data=stage_ms.astype(np.float32))
+        ds.attrs["stages"] = list(stage_names)
+    if stage_ms.shape[0] == 0:
+        return
+    median = np.nan_to_num(np.nanmedian(stage_ms, axis=0))
+    p99 = np.nan_to_num(np.nanpercentile(stage_ms, 99, axis=0))
+    total = float(median.sum())
+    figure = Figure(figsize=(7.0, 3.2))
+    ax = figure.add_subplot(1, 1, 1)
+    y = np.arange(len(stage_names))
+    ax.barh(y, p99, color="0.8", label="p99")
+    ax.barh(y, median, color="tab:blue", label="median")
+    for i, m in enumerate(median):
+        share = 100.0 * m / total if total > 0 else 0.0
+        ax.text(p99[i], i, f"  {m:.2f} ms ({share:.0f} %)", va="center", fontsize=8)
+    ax.set_yticks(y, stage_names)
+    ax.invert_yaxis()
+    ax.set_xlabel("time per frame (ms)")
+    ax.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    add_figure(
+        folder,
+        "stage_timing",
+        figure,
+        "Processing time per frame of each pipeline stage (median, p99; share of the median "
+        "total). Per-frame values: session.h5 timing/stage_ms.",
+    )

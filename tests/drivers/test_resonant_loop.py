@@ -24,7 +24,7 @@ class Watch(Protocol):
 
 
 def test_a_line_clock_that_stops_mid_run_aborts_safely_and_keeps_the_frames(tmp_path, monkeypatch):
-    config = load_rig_config("sim", {"recording.frames": True, "rois.reference_s": 0.5})
+    config = load_rig_config("sim-galvo", {"recording.frames": True, "rois.reference_s": 0.5})
     world = World(WorldConfig(extent_um=(220.0, 220.0, 40.0)), seed=2)
     clock = SimClock("max")
     daq = SimulatedDAQ(world, clock)

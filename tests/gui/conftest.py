@@ -13,7 +13,9 @@ from rig.config import load_rig_config  # noqa: E402
 
 @pytest.fixture
 def fast_config(tmp_path):
-    return load_rig_config("sim", {**FAST_RIG, "recording.out_dir": str(tmp_path / "sessions")})
+    return load_rig_config(
+        "sim-galvo", {**FAST_RIG, "recording.out_dir": str(tmp_path / "sessions")}
+    )
 
 
 @pytest.fixture

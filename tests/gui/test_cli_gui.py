@@ -21,7 +21,7 @@ def parse(argv):
 def rig_sets(tmp_path):
     sets = [f"{k}={json.dumps(v)}" for k, v in FAST_RIG.items()]
     sets.append(f'recording.out_dir="{tmp_path / "sessions"}"')
-    return [a for kv in sets for a in ("--set", kv)]
+    return ["--rig", "sim-galvo"] + [a for kv in sets for a in ("--set", kv)]
 
 
 def protocol_sets(**changes):

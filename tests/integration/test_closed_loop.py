@@ -13,7 +13,7 @@ from rig.run import run_experiment
 def run(tmp_path, name, protocol="target_pattern", duration=90.0, seed=2, overrides=(), **kw):
     return run_experiment(
         protocol,
-        "sim",
+        "sim-galvo",
         duration_s=duration,
         seed=seed,
         out=str(tmp_path / name),

@@ -41,7 +41,7 @@ def events_of(folder):
 def test_exception_in_a_hook_aborts_safely_and_keeps_the_data(tmp_path):
     result = run_experiment(
         FailsAtFrame(fail_at=45),
-        "sim",
+        "sim-galvo",
         duration_s=60.0,
         seed=1,
         out=str(tmp_path / "s"),
@@ -68,7 +68,7 @@ def test_exception_in_a_hook_aborts_safely_and_keeps_the_data(tmp_path):
 def test_a_stimulus_over_the_limit_is_refused_and_aborts_before_any_light(tmp_path):
     result = run_experiment(
         OverLimit(),
-        "sim",
+        "sim-galvo",
         duration_s=30.0,
         seed=1,
         out=str(tmp_path / "s"),
@@ -97,7 +97,7 @@ def test_a_stimulus_over_the_limit_is_refused_and_aborts_before_any_light(tmp_pa
             ["run", "target_pattern", "--set", "scanner.zoomm=2"],
             ["unknown config key 'scanner.zoomm'"],
         ),
-        (["run", "target_pattern", "--set", "scanner.zoom=0.5"], ["max_volts", "zoom"]),
+        (["run", "target_pattern", "--set", "scanner.zoom=0.5"], ["max_amplitude_v", "zoom >="]),
         (
             ["run", "target_pattern", "--set", "scanner.pixels_per_line=99999"],
             ["scanner.pixels_per_line", "[2, 8192]"],

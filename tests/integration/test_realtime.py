@@ -30,8 +30,8 @@ class Slow(Protocol):
 
 def test_realtime_run_takes_wall_clock_time_and_drops_nothing(tmp_path):
     t0 = time.monotonic()
-    result = run_experiment("open_loop_train", "sim", duration_s=4.0, speed="realtime", seed=1,
-                            out=str(tmp_path / "s"), overrides=FAST, write_report=False)
+    result = run_experiment("open_loop_train", "sim-galvo", duration_s=4.0, speed="realtime",
+                            seed=1, out=str(tmp_path / "s"), overrides=FAST, write_report=False)
     wall = time.monotonic() - t0
     s = result.summary
     assert s["status"] == "completed", s["error"]
@@ -41,7 +41,7 @@ def test_realtime_run_takes_wall_clock_time_and_drops_nothing(tmp_path):
 
 def test_a_loop_that_falls_behind_drops_frames_and_counts_every_one(tmp_path):
     # processing takes 200 ms per frame at ~16 Hz: the 8-slot ring fills, frames are dropped
-    result = run_experiment(Slow(after_s=1.0, sleep_ms=200.0), "sim", duration_s=4.0,
+    result = run_experiment(Slow(after_s=1.0, sleep_ms=200.0), "sim-galvo", duration_s=4.0,
                             speed="realtime", seed=1, out=str(tmp_path / "s"),
                             overrides=FAST_RIG + ["loop.ring_frames=8"], write_report=False)
     s = result.summary
@@ -58,7 +58,8 @@ def test_a_loop_that_falls_behind_drops_frames_and_counts_every_one(tmp_path):
 def test_ctrl_c_aborts_safely_and_keeps_the_session(tmp_path):
     out = tmp_path / "s"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rig.cli", "run", "open_loop_train", "--speed", "realtime",
+        [sys.executable, "-m", "rig.cli", "run", "open_loop_train", "--rig", "sim-galvo",
+         "--speed", "realtime",
          "--duration", "60", "--out", str(out)] + [a for kv in FAST for a in ("--set", kv)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60

@@ -29,7 +29,8 @@ def commit_lines(folder):
 @pytest.mark.slow
 def test_sigkill_mid_session_keeps_every_flushed_frame_and_recover_finishes_it(tmp_path, rig_cli):
     out = tmp_path / "s"
-    args = ["run", "open_loop_train", "--speed", "realtime", "--duration", "60", "--out", str(out)]
+    args = ["run", "open_loop_train", "--rig", "sim-galvo", "--speed", "realtime",
+            "--duration", "60", "--out", str(out)]
     for kv in FAST_RIG + TRAIN + ["recording.frames=true"]:
         args += ["--set", kv]
     proc = subprocess.Popen(

@@ -21,7 +21,7 @@ def session(tmp_path_factory):
     out = tmp_path_factory.mktemp("nwb") / "s"
     result = run_experiment(
         "open_loop_train",
-        "sim",
+        "sim-galvo",
         duration_s=8.0,
         seed=4,
         out=str(out),

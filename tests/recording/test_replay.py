@@ -13,7 +13,7 @@ from recording_helpers import FAST_RIG, TRAIN
 from analysis.dff import OnlineDff
 from analysis.noise import noise_level
 from drivers.stimulation.light import LightStimulator, LightStimulus
-from rig.config import ConfigError
+from rig.config import ConfigError, load_rig_config
 from rig.nwb_export import export_nwb
 from rig.replay import replay
 from rig.run import run_experiment
@@ -35,7 +35,7 @@ def original(tmp_path_factory):
     out = tmp_path_factory.mktemp("replay") / "original"
     result = run_experiment(
         "open_loop_train",
-        "sim",
+        "sim-galvo",
         duration_s=10.0,
         seed=7,
         out=str(out),
@@ -98,7 +98,7 @@ def test_a_replayed_sessions_stimuli_drive_a_yoked_control(replayed_with_protoco
     summary = json.loads((replayed_with_protocol / "summary.json").read_text())
     yoked = run_experiment(
         "yoked_replay",
-        "sim",
+        "sim-galvo",
         duration_s=summary["duration_s"],
         seed=11,  # another simulated animal
         out=str(tmp_path / "yoked"),
@@ -175,9 +175,11 @@ def test_a_tiff_replay_runs_the_pipeline_and_records_the_same_frames(tmp_path):
     path = tmp_path / "plain.tif"
     tifffile.imwrite(path, frames)
     settings = ["recording.frames=true", "rois.reference_s=1"]
-    # a plain TIFF has no pixel size: the default 300 um field over 64 x 80 pixels makes
-    # 4.69 x 3.75 um pixels, and a 6 um cell 1.43 pixels wide, too small to detect
-    with pytest.raises(ConfigError, match=r"1\.43 pixels.*scanner\.fov_um"):
+    # a plain TIFF has no pixel size: the default rig's field over 64 x 80 pixels makes
+    # pixels several um wide, and a 6 um cell less than 2 pixels wide, too small to detect
+    fov_x_um, fov_y_um = load_rig_config("sim")["scanner.fov_um"]
+    cell_px = 6.0 / np.sqrt(fov_y_um / 64 * fov_x_um / 80)
+    with pytest.raises(ConfigError, match=rf"{cell_px:.3g} pixels.*scanner\.fov_um"):
         replay(
             path,
             frame_rate_hz=10.0,

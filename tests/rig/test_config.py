@@ -5,12 +5,23 @@ import pytest
 from rig.config import ConfigError, describe, load_rig_config, parse_value, split_overrides
 
 
-def test_embedded_sim_rig_loads_with_its_documented_values():
+def test_embedded_sim_rig_is_the_resonant_rig_of_the_seed_paper():
+    """Issue 4: the default rig is resonant, 512 x 512 over 0.5 x 0.5 mm (about 30 Hz: the
+    golden-case arithmetic is tested with the scan engine)."""
     config = load_rig_config("sim")
     assert config.simulated
+    assert config["scanner.kind"] == "resonant"
+    assert config["scanner.bidirectional"] is True
+    assert (config["scanner.pixels_per_line"], config["scanner.lines"]) == (512, 512)
+    assert config["scanner.fov_um"] == [500.0, 500.0]
+    assert config["stimulator.kind"] == "light"
+
+
+def test_the_galvo_rig_stays_available():
+    config = load_rig_config("sim-galvo")
+    assert config["scanner.kind"] == "galvo"
     assert config["scanner.pixels_per_line"] == 256
     assert config["scanner.fov_um"] == [300.0, 300.0]
-    assert config["stimulator.kind"] == "light"
 
 
 def test_set_overrides_are_typed_and_applied():

@@ -39,7 +39,7 @@ def test_live_state_publishes_frames_on_request_and_traces(tmp_path):
     t.start()
     result = run_experiment(
         "open_loop_train",
-        "sim",
+        "sim-galvo",
         duration_s=6.0,
         speed="realtime",
         seed=1,
@@ -80,7 +80,7 @@ def test_safe_off_stops_stimulation_and_pause_holds_the_protocol(tmp_path):
     t.start()
     result = run_experiment(
         "open_loop_train",
-        "sim",
+        "sim-galvo",
         duration_s=8.0,
         speed="realtime",
         seed=1,
@@ -106,7 +106,7 @@ def test_stop_from_outside_ends_the_run_completed(tmp_path):
     t0 = time.monotonic()
     result = run_experiment(
         "open_loop_train",
-        "sim",
+        "sim-galvo",
         duration_s=60.0,
         speed="realtime",
         seed=1,

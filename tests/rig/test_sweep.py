@@ -8,7 +8,7 @@ from rig.cli import main
 from rig.config import ConfigError
 from rig.sweep import parse_condition, parse_seeds
 
-FAST = ["--set", "scanner.lines=64", "--set", "scanner.fov_um=[300, 75]",
+FAST = ["--rig", "sim-galvo", "--set", "scanner.lines=64", "--set", "scanner.fov_um=[300, 75]",
         "--set", "rois.reference_s=2", "--set", "protocol.target_centre_um=[0, 0]",
         "--set", "protocol.target_radius_um=100", "--set", "protocol.interval_s=2",
         "--set", "protocol.start_after_s=1"]
