@@ -66,7 +66,11 @@ class OpenLoopTrain(Protocol):
             self.ready_at = ctx.time_s + self.start_after_s
             self.next_s = self.ready_at
         if self.onsets and ctx.time_s <= self.onsets[-1] + self.response_window_s:
-            self._window.append(float(np.mean(ctx.dff[self.target_rois])))
+            # NaN: frames motion correction flagged, or ROIs of planes this frame did not image
+            values = ctx.dff[self.target_rois]
+            values = values[np.isfinite(values)]
+            if values.size:
+                self._window.append(float(values.mean()))
         if ctx.time_s >= self.next_s:
             if self._window:
                 self.responses.append(max(self._window))
