@@ -157,6 +157,7 @@ class Pipeline:
         self._frames_since_publish = 0
         self._detection: threading.Thread | None = None
         self._rg_job: Any = None
+        self.rg_columns: np.ndarray | None = None  # the ROIs the coarse-graining uses
         self._rg_worker: threading.Thread | None = None
         self._detected: ReferenceResult | BaseException | None = None
 
@@ -390,20 +391,38 @@ class Pipeline:
         self.post_event({"type": "rois", "frame": frame_index, "n_rois": n, "how": how})
 
     # -- coarse-graining stage -------------------------------------------------------------
-    def _start_rg(self, n: int) -> None:
+    def _start_rg(self, n_rois: int) -> None:
         from analysis.rg.streaming import OnlineCoarseGraining
 
+        s = self.settings
+        assert self.rois is not None
+        # ROIs the brain's motion can carry wholly out of the field would give NaN frames,
+        # and a frame with any NaN is left out of the coarse-graining: use the ROIs that
+        # stay imaged at any shift within the motion search range (same set offline)
+        margin_px = s.motion_max_shift_um / min(s.pixel_size_um) if s.motion else 0.0
+        self.rg_columns = rois_always_imaged(self.rois, s.frame_shape, margin_px)
+        n = int(self.rg_columns.size)
         levels = int(math.floor(math.log2(n))) if n >= 2 else 0
         if levels < 2:
             self.post_event(
                 {
                     "type": "rg",
                     "event": "disabled",
-                    "reason": f"{n} ROIs: coarse-graining needs at least 4",
+                    "reason": f"{n} of {n_rois} ROIs stay in the field: coarse-graining "
+                    "needs at least 4",
                 }
             )
             return
-        s = self.settings
+        if n < n_rois:
+            self.post_event(
+                {
+                    "type": "rg",
+                    "event": "ROIs chosen",
+                    "n_rois": n,
+                    "left_out": n_rois - n,
+                    "reason": f"within {margin_px:.1f} px of the field's edge (motion range)",
+                }
+            )
         repair = max(2, int(round(s.rg_repair_every_s * s.frame_rate_hz)))
         self.rg = OnlineCoarseGraining(
             n,
@@ -426,11 +445,11 @@ class Pipeline:
         s = self.settings
         n = self.n_rois
         source = {"spikes": ring.spikes, "calcium": ring.calcium}.get(s.rg_signal)
-        row = dff if source is None else source[slot, :n]
-        if not np.isfinite(row).all():
-            return  # the first frames of the deconvolution lag; the stage counts nothing
-        assert self._rg_row is not None
-        np.maximum(row, 0.0, out=self._rg_row)
+        assert self._rg_row is not None and self.rg_columns is not None
+        np.take(dff if source is None else source[slot, :n], self.rg_columns, out=self._rg_row)
+        if not np.isfinite(self._rg_row).all():
+            return  # the first frames of the deconvolution lag, flagged frames: not counted
+        np.maximum(self._rg_row, 0.0, out=self._rg_row)
         rg = self.rg
         rg.update(self._rg_row)
         worker = self._rg_worker
@@ -459,6 +478,26 @@ class Pipeline:
             live = rg_live_values(rg)
             if live:
                 self.publish("rg", live)
+
+
+def rois_always_imaged(
+    rois: RoiSet, frame_shape: tuple[int, int], margin_px: float
+) -> np.ndarray:
+    """Indices of the ROIs whose bounding box stays inside the frame when shifted by up to
+    `margin_px` in any direction (all ROIs for margin 0): they never leave the field."""
+    h, w = frame_shape
+    m = int(math.ceil(margin_px))
+    if rois.n_rois == 0:
+        return np.zeros(0, np.int64)
+    starts = rois.offsets[:-1]
+    rows, cols = np.divmod(rois.pixels.astype(np.int64), w)
+    keep = (
+        (np.minimum.reduceat(rows, starts) - m >= 0)
+        & (np.maximum.reduceat(rows, starts) + m + 1 < h)
+        & (np.minimum.reduceat(cols, starts) - m >= 0)
+        & (np.maximum.reduceat(cols, starts) + m + 1 < w)
+    )
+    return np.flatnonzero(keep)
 
 
 def _run_rg_job(job: Any) -> None:

@@ -525,9 +525,10 @@ def _finish(
         summary["focus"] = {"on_fault": focus_faults.on_fault, "fault": focus_faults.error}
     if (folder / "session.h5").is_file():
         try:
-            from rig.session_analysis import record_stage_timing
+            from rig.session_analysis import record_rg_rois, record_stage_timing
 
             record_stage_timing(folder, stage_ms, STAGES)
+            record_rg_rois(folder, getattr(pipeline, "rg_columns", None))
         except Exception as e:  # noqa: BLE001 - a figure must never fail the session
             summary["stage_timing_error"] = f"{type(e).__name__}: {e}"
     summary.update(_after_session(folder, rig_obj, pipeline, loop.frame_rate_hz))

@@ -35,6 +35,8 @@ def rg_block(folder: Path, signal: str, frame_rate_hz: float) -> dict[str, Any]:
             return {"valid": False, "reason": f"session.h5 has no '{signal}' dataset"}
         x = f[signal][:]
         start = int(f.attrs.get("roi_start_frame", 0) or 0)
+        if "rg_rois" in f:  # the ROIs the live stage used (those that never leave the field)
+            x = x[:, f["rg_rois"][:]]
     x = x[start:]
     x = x[np.isfinite(x).all(axis=1)] if x.size else x
     if x.ndim != 2 or x.shape[0] < 64 or x.shape[1] < 4:
@@ -141,3 +143,14 @@ def record_stage_timing(folder: Path, stage_ms: np.ndarray, stage_names: tuple[s
         "Processing time per frame of each pipeline stage (median, p99; share of the median "
         "total). Per-frame values: session.h5 timing/stage_ms.",
     )
+
+
+def record_rg_rois(folder: Path, columns: np.ndarray | None) -> None:
+    """`rg_rois` in session.h5: the ROI columns the live coarse-graining used (the ROIs the
+    brain's motion cannot carry out of the field), so the batch `rg` block uses the same."""
+    if columns is None:
+        return
+    with h5py.File(folder / "session.h5", "a") as f:
+        if "rg_rois" in f:
+            del f["rg_rois"]
+        f.create_dataset("rg_rois", data=np.asarray(columns, np.int64))
