@@ -480,9 +480,7 @@ class Pipeline:
                 self.publish("rg", live)
 
 
-def rois_always_imaged(
-    rois: RoiSet, frame_shape: tuple[int, int], margin_px: float
-) -> np.ndarray:
+def rois_always_imaged(rois: RoiSet, frame_shape: tuple[int, int], margin_px: float) -> np.ndarray:
     """Indices of the ROIs whose bounding box stays inside the frame when shifted by up to
     `margin_px` in any direction (all ROIs for margin 0): they never leave the field."""
     h, w = frame_shape
