@@ -152,13 +152,22 @@ def recover_session(
     else:
         summary = _summary_from_streams(streams, events, config, start, noise, recovered)
         actions.append("wrote summary.json from the streams and events.jsonl")
+    return finish_recovery(folder, summary, actions, streams.frames, write_report)
+
+
+def finish_recovery(
+    folder: Path, summary: dict[str, Any], actions: list[str], frames: int, write_report: bool
+) -> RecoveryResult:
+    """The last steps of every recovery (frame or spike session): summary.json, the
+    `recovered` event (`frames`: frames or spike blocks committed), then the report; a report
+    that fails is noted in the summary, never lost data."""
     write_summary(folder, summary)
     append_event(
         folder / "events.jsonl",
         {
             "type": "session",
             "event": "recovered",
-            "frames": streams.frames,
+            "frames": frames,
             "actions": actions,
             "wall_clock": time.time(),
         },

@@ -465,10 +465,16 @@ def recover_spike_session(folder: Path, *, force: bool = False, write_report: bo
     """`rig recover` for a spike session (called by rig.recover.recover_session): session.h5
     from the committed blocks, summary.json with status "aborted" and a `recovered` block,
     report.html, and a `recovered` event; a complete session is left alone unless `force`."""
-    import logging
 
-    from rig.recover import CRASH_ERROR, RecoveryResult, _last, _percentiles, _session_start
-    from rig.session import append_event, read_events, write_summary
+    from rig.recover import (
+        CRASH_ERROR,
+        RecoveryResult,
+        _last,
+        _percentiles,
+        _session_start,
+        finish_recovery,
+    )
+    from rig.session import read_events
 
     streams = SpikeStreams(folder)
     events, unreadable = read_events(folder / "events.jsonl")
@@ -566,28 +572,7 @@ def recover_spike_session(folder: Path, *, force: bool = False, write_report: bo
             "recovered": recovered,
         }
         actions.append("wrote summary.json from the streams and events.jsonl")
-    write_summary(folder, summary)
-    append_event(
-        folder / "events.jsonl",
-        {
-            "type": "session",
-            "event": "recovered",
-            "frames": streams.blocks,
-            "actions": actions,
-            "wall_clock": time.time(),
-        },
-    )
-    if write_report:
-        try:
-            from rig.report import write_report as _write_report
-
-            _write_report(folder)
-            actions.append("wrote report.html")
-        except Exception as exc:  # noqa: BLE001 - the data are safe; say what failed
-            summary["report_error"] = f"{type(exc).__name__}: {exc}"
-            write_summary(folder, summary)
-            logging.getLogger(__name__).exception("report failed")
-    return RecoveryResult(folder, summary, needed=True, actions=actions)
+    return finish_recovery(folder, summary, actions, streams.blocks, write_report)
 
 
 class SpikeLoop(RunLoop):
