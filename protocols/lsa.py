@@ -38,7 +38,7 @@ import numpy as np
 from drivers.mea.stimulus import MEAStimulus, Pulse
 from rig.config import ConfigError
 from rig.protocol import Param, Protocol
-from rig.yoked import load_held_changes
+from rig.yoked import load_held_changes, yoked_source
 
 
 class LSA(Protocol):
@@ -66,11 +66,7 @@ class LSA(Protocol):
     def check(self):
         if self.pause_max_s < self.pause_min_s:
             raise ConfigError("protocol parameters: pause_max_s must be >= pause_min_s")
-        if self.contingency == "yoked" and not self.yoked_from:
-            raise ConfigError(
-                "protocol parameter 'yoked_from' must name the session to replay "
-                "when contingency = 'yoked'"
-            )
+        yoked_source(self.contingency, self.yoked_from)  # ConfigError if yoked names none
 
     def setup(self, ctx):
         self.rng = np.random.default_rng(self.pause_seed)

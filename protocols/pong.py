@@ -51,7 +51,6 @@ at the sensory electrodes to those at the motor electrodes (within half-effect d
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,7 +60,7 @@ from drivers.mea.stimulus import MEAStimulus, Pulse
 from rig.config import ConfigError
 from rig.culture_truth import electrode_neurons, weight_metrics
 from rig.protocol import Param, Protocol
-from rig.yoked import load_pulses
+from rig.yoked import load_pulses, yoked_source
 
 CONTINGENCIES = ("stop_on_output", "start_on_output", "yoked", "none")
 UP_DEFAULT = "B-005,B-006,B-007,B-013,B-014,B-015,B-021,B-022,B-023,B-029,B-030,B-031"
@@ -224,13 +223,9 @@ class Pong(Protocol):
             raise ConfigError(f"protocol parameters sensory_ua / unpredictable_ua: {e}") from e
         self.n_unpredictable = max(1, int(round(self.unpredictable_s * self.unpredictable_rate_hz)))
         self.source: list[tuple[float, MEAStimulus]] = []
-        if self.contingency == "yoked":
-            if not self.yoked_from:
-                raise ConfigError(
-                    "protocol parameter 'yoked_from' must name the session to replay "
-                    "when contingency = 'yoked'"
-                )
-            self.source = load_pulses(Path(self.yoked_from))
+        source = yoked_source(self.contingency, self.yoked_from)
+        if source is not None:
+            self.source = load_pulses(source)
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self, ctx):

@@ -62,7 +62,7 @@ from drivers.mea.stimulus import MEAStimulus, Pulse
 from rig.config import ConfigError
 from rig.culture_truth import electrode_neurons, weight_metrics
 from rig.protocol import Param, Protocol
-from rig.yoked import load_pulses, source_events
+from rig.yoked import load_pulses, source_events, yoked_source
 
 CONTINGENCIES = ("stop_on_output", "start_on_output", "yoked", "none")
 
@@ -190,13 +190,9 @@ class StimulusAvoidance(Protocol):
         except LimitError as e:
             raise ConfigError(f"protocol parameters amplitude_ua / phase_us: {e}") from e
         self.source: dict[str, Any] = {}
-        if self.contingency == "yoked":
-            if not self.yoked_from:
-                raise ConfigError(
-                    "protocol parameter 'yoked_from' must name the session to replay "
-                    "when contingency = 'yoked'"
-                )
-            self.source = load_source(Path(self.yoked_from))
+        source = yoked_source(self.contingency, self.yoked_from)
+        if source is not None:
+            self.source = load_source(source)
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self, ctx):

@@ -26,6 +26,19 @@ from drivers.mea.stimulus import MEAStimulus
 from rig.config import ConfigError
 
 
+def yoked_source(contingency: str, yoked_from: str) -> Path | None:
+    """The session a yoked protocol replays (None for other contingencies); ConfigError
+    before anything runs when `contingency = "yoked"` names none."""
+    if contingency != "yoked":
+        return None
+    if not yoked_from:
+        raise ConfigError(
+            "protocol parameter 'yoked_from' must name the session to replay "
+            "when contingency = 'yoked'"
+        )
+    return Path(yoked_from)
+
+
 def source_events(folder: str | os.PathLike[str]) -> tuple[Path, list[tuple[int, dict[str, Any]]]]:
     """(path of events.jsonl, [(line number from 1, event)]) of the session `folder`; lines
     that are not JSON objects (a torn last line of a crashed session) are skipped."""
