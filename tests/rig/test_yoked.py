@@ -64,3 +64,14 @@ def test_a_stimulus_that_cannot_be_replayed_is_refused_naming_its_line(tmp_path)
     folder = write_events(tmp_path / "s", [pulse(0.5), bad])
     with pytest.raises(ConfigError, match=r"events\.jsonl line 2: the stimulus cannot be"):
         load_pulses(folder)
+
+
+def test_a_yoked_protocol_without_a_session_to_replay_is_refused_by_name():
+    from pathlib import Path
+
+    from rig.yoked import yoked_source
+
+    assert yoked_source("stop_on_output", "") is None
+    assert yoked_source("yoked", "sessions/closed") == Path("sessions/closed")
+    with pytest.raises(ConfigError, match="'yoked_from' must name the session to replay"):
+        yoked_source("yoked", "")
