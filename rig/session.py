@@ -506,7 +506,60 @@ class _StreamWriter:
         self._last_sync = time.monotonic()
 
 
-class SessionRecorder:
+class StreamRecorderBase:
+    """What the frame recorder (SessionRecorder) and the spike recorder (rig/spike_loop.py)
+    share: a chunk handed to a writer thread every `flush_s`, the writer's first error raised
+    on the recorder thread, the final flush-and-fsync, and closing. Subclasses set `_writer`,
+    `_commits`, `_chunk`, `_last_flush`, `_closed`, `flush_s`, `streams_dir` and `flush()`."""
+
+    _writer: _StreamWriter
+    _commits: Any
+    _chunk: Any
+    _last_flush: float
+    _closed: bool
+    flush_s: float
+    streams_dir: Path
+
+    def flush(self) -> None:  # pragma: no cover - every recorder defines its own
+        raise NotImplementedError
+
+    def due(self) -> bool:
+        """True when the current chunk holds rows and `flush_s` has passed since the last flush."""
+        return bool(self._chunk.count) and time.monotonic() - self._last_flush >= self.flush_s
+
+    def _raise_writer_error(self) -> None:
+        error = self._writer.error
+        if error is not None:
+            raise RuntimeError(
+                f"writing the streams in {self.streams_dir} failed: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+
+    def _flush_and_sync(self) -> None:
+        """Hand over the last chunk, wait for the writer, fsync every stream (end of session)."""
+        self.flush()
+        self._writer.wait_idle()
+        self._raise_writer_error()
+        self._writer.submit_call(self._writer._sync)
+        self._writer.wait_idle()
+        self._raise_writer_error()
+
+    def close(self) -> None:
+        """Write what is pending, stop the writer thread, close the files (idempotent)."""
+        if self._closed:
+            return
+        try:
+            if self._writer.error is None:
+                self.flush()
+        finally:
+            self._closed = True
+            self._writer.stop()
+            for stream in self._writer.streams.values():
+                stream.close()
+            self._commits.close()
+
+
+class SessionRecorder(StreamRecorderBase):
     """Copies each frame's results into chunks (recorder thread) that a writer thread appends
     to the session's streams; see the module docstring.
 
@@ -707,17 +760,6 @@ class SessionRecorder:
             self._n_rois,
         )
 
-    def _raise_writer_error(self) -> None:
-        error = self._writer.error
-        if error is not None:
-            raise RuntimeError(
-                f"writing the session streams in {self.streams_dir} failed: "
-                f"{type(error).__name__}: {error}"
-            ) from error
-
-    def due(self) -> bool:
-        return bool(self._chunk.count) and (time.monotonic() - self._last_flush >= self.flush_s)
-
     def flush(self) -> None:
         """Hand the current chunk to the writer thread (which appends it to every stream and
         then commits it); returns without waiting for the disk."""
@@ -759,12 +801,7 @@ class SessionRecorder:
         attrs: dict[str, Any],
     ) -> Path:
         """Flush, wait for the writer, sync and assemble session.h5 from the streams."""
-        self.flush()
-        self._writer.wait_idle()
-        self._raise_writer_error()
-        self._writer.submit_call(self._writer._sync)
-        self._writer.wait_idle()
-        self._raise_writer_error()
+        self._flush_and_sync()
         return assemble_session_h5(
             self.folder,
             rois=rois,
@@ -773,20 +810,6 @@ class SessionRecorder:
             stimuli=stimuli,
             attrs=attrs,
         )
-
-    def close(self) -> None:
-        """Write what is pending, stop the writer thread, close the files (idempotent)."""
-        if self._closed:
-            return
-        try:
-            if self._writer.error is None:
-                self.flush()
-        finally:
-            self._closed = True
-            self._writer.stop()
-            for stream in self._writer.streams.values():
-                stream.close()
-            self._commits.close()
 
     @property
     def sync_error(self) -> str | None:

@@ -37,6 +37,7 @@ from rig.session import (
     AppendStream,
     SessionStreamError,
     StreamInfo,
+    StreamRecorderBase,
     _fsync_dir,
     _last_commit,
     _read_json_object,
@@ -181,7 +182,7 @@ class _SpikeStreamWriter(_StreamWriter):
             self._sync()
 
 
-class SpikeRecorder:
+class SpikeRecorder(StreamRecorderBase):
     """Crash-safe recording of a spike session, as SessionRecorder does for frames
     (rig/session.py): the recorder thread copies each block's spikes, onsets and timing into
     a chunk and frees the slot; every `flush_s` (or when a chunk is full) the chunk goes to the
@@ -268,9 +269,6 @@ class SpikeRecorder:
         chunk.count = i + 1
         ring.free.put_nowait(slot)
 
-    def due(self) -> bool:
-        return bool(self._chunk.count) and time.monotonic() - self._last_flush >= self.flush_s
-
     def flush(self) -> None:
         """Hand the current chunk to the writer thread; returns without waiting for the disk."""
         self._raise_writer_error()
@@ -289,14 +287,6 @@ class SpikeRecorder:
             else:  # the disk is far behind: wait for it (the ring fills, blocks are dropped)
                 self._chunk = self._writer.free.get()
 
-    def _raise_writer_error(self) -> None:
-        error = self._writer.error
-        if error is not None:
-            raise RuntimeError(
-                f"writing the spike streams in {self.streams_dir} failed: "
-                f"{type(error).__name__}: {error}"
-            ) from error
-
     @property
     def blocks_written(self) -> int:
         """Blocks committed to the streams (waits for the writes in flight)."""
@@ -307,27 +297,8 @@ class SpikeRecorder:
     # -- end of session --------------------------------------------------------------------
     def finish(self, stimuli: list[dict[str, Any]], attrs: dict[str, Any]) -> Path:
         """Flush, wait for the writer, sync, and assemble session.h5 from the streams."""
-        self.flush()
-        self._writer.wait_idle()
-        self._raise_writer_error()
-        self._writer.submit_call(self._writer._sync)
-        self._writer.wait_idle()
-        self._raise_writer_error()
+        self._flush_and_sync()
         return assemble_spike_h5(self.folder, stimuli=stimuli, attrs=attrs)
-
-    def close(self) -> None:
-        """Write what is pending, stop the writer thread, close the files (idempotent)."""
-        if self._closed:
-            return
-        try:
-            if self._writer.error is None:
-                self.flush()
-        finally:
-            self._closed = True
-            self._writer.stop()
-            for stream in self._writer.streams.values():
-                stream.close()
-            self._commits.close()
 
 
 class SpikeStreams:
