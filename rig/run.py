@@ -14,6 +14,7 @@ import gc
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,63 @@ def pipeline_settings(config: RigConfig, scanner: Any, speed: str = "max") -> Pi
     except ValueError as e:
         raise ConfigError(str(e)) from e
     return settings
+
+
+class _ProtocolRun:
+    """One protocol driven on an opened rig: open the devices, set the protocol up, run the loop
+    to its end, tear the protocol down, and always put every device in its safe state.
+
+    Whatever fails (opening, setup, the loop, Ctrl-C) ends the loop through `loop.fail` and is
+    recorded in events.jsonl; what is known so far stays in the attributes for the summary."""
+
+    def __init__(self) -> None:
+        self.snapshots: dict[str, Any] = {}
+        self.teardown_error: str | None = None
+        self.setup_done = False
+
+    def drive(
+        self,
+        loop: Any,
+        rig_obj: Any,
+        proto: Any,
+        events: Any,
+        open_devices: Callable[[], dict[str, Any]],
+        stop: Callable[[], None] | None = None,
+    ) -> None:
+        try:
+            self.snapshots = open_devices()
+            proto.setup(loop.ctx)
+            self.setup_done = True
+            # collect once and freeze what survives setup: a full collection with numba, Qt
+            # and matplotlib loaded takes tens of ms and must not land mid-loop
+            gc.collect()
+            gc.freeze()
+            loop.start()
+            loop.wait()
+        except KeyboardInterrupt:
+            loop.fail(KeyboardInterrupt("interrupted by user (Ctrl-C)"), "main")
+            loop.wait()
+        except BaseException as exc:  # noqa: BLE001 - setup failures abort the session too
+            loop.fail(exc, "setup")
+            loop.wait()
+        finally:
+            try:
+                if self.setup_done:
+                    proto.teardown(loop.ctx)
+            except Exception as exc:  # noqa: BLE001
+                self.teardown_error = f"protocol teardown: {type(exc).__name__}: {exc}"
+                events.post(
+                    {
+                        "type": "error",
+                        "where": "teardown",
+                        "error": self.teardown_error,
+                        "traceback": format_exception(exc),
+                    }
+                )
+            if stop is not None:
+                stop()
+            problems = rig_obj.safe_all()
+            events.post({"type": "safe", "reason": "end of session", "problems": problems})
 
 
 def run_experiment(
@@ -276,51 +334,23 @@ def run_experiment(
         )
     if control is not None:
         control.attach(loop)
-    snapshots: dict[str, Any] = {}
-    teardown_error = None
-    setup_done = False
+
+    def open_devices() -> dict[str, Any]:
+        pipeline.setup()
+        snapshots = rig_obj.snapshot()
+        events.post({"type": "device", "event": "opened", "snapshots": snapshots})
+        if rig_obj.focus is not None and schedule is None:
+            rig_obj.focus.move_to_um(0.0)  # the nominal plane (a volume starts at plane 0)
+        if monitor is not None:
+            monitor.start()
+        return snapshots
+
+    run = _ProtocolRun()
     try:
-        try:
-            pipeline.setup()
-            snapshots = rig_obj.snapshot()
-            events.post({"type": "device", "event": "opened", "snapshots": snapshots})
-            if rig_obj.focus is not None and schedule is None:
-                rig_obj.focus.move_to_um(0.0)  # the nominal plane (a volume starts at plane 0)
-            if monitor is not None:
-                monitor.start()
-            proto.setup(loop.ctx)
-            setup_done = True
-            # collect once and freeze what survives setup: a full collection with numba, Qt
-            # and matplotlib loaded takes tens of ms and must not land mid-loop
-            gc.collect()
-            gc.freeze()
-            loop.start()
-            loop.wait()
-        except KeyboardInterrupt:
-            loop.fail(KeyboardInterrupt("interrupted by user (Ctrl-C)"), "main")
-            loop.wait()
-        except BaseException as exc:  # noqa: BLE001 - setup failures abort the session too
-            loop.fail(exc, "setup")
-            loop.wait()
-        finally:
-            try:
-                if setup_done:
-                    proto.teardown(loop.ctx)
-            except Exception as exc:  # noqa: BLE001
-                teardown_error = f"protocol teardown: {type(exc).__name__}: {exc}"
-                events.post(
-                    {
-                        "type": "error",
-                        "where": "teardown",
-                        "error": teardown_error,
-                        "traceback": format_exception(exc),
-                    }
-                )
-            if monitor is not None:
-                monitor.stop()
-            problems = rig_obj.safe_all()
-            events.post({"type": "safe", "reason": "end of session", "problems": problems})
+        run.drive(loop, rig_obj, proto, events, open_devices,
+                  stop=None if monitor is None else monitor.stop)  # fmt: skip
     finally:
+        snapshots, teardown_error, setup_done = run.snapshots, run.teardown_error, run.setup_done
         gc.unfreeze()
         summary = _finish(
             loop,
@@ -600,44 +630,17 @@ def run_spike_session(
     loop.session_dir = folder
     if control is not None:
         control.attach(loop)
-    snapshots: dict[str, Any] = {}
-    setup_done = False
-    teardown_error = None
+
+    def open_devices() -> dict[str, Any]:
+        snapshots = rig_obj.snapshot()
+        events.post({"type": "device", "event": "opened", "snapshots": snapshots})
+        return snapshots
+
+    run = _ProtocolRun()
     try:
-        try:
-            snapshots = rig_obj.snapshot()
-            events.post({"type": "device", "event": "opened", "snapshots": snapshots})
-            proto.setup(loop.ctx)
-            setup_done = True
-            # collect once and freeze what survives setup: a full collection with numba, Qt
-            # and matplotlib loaded takes tens of ms and must not land mid-loop
-            gc.collect()
-            gc.freeze()
-            loop.start()
-            loop.wait()
-        except KeyboardInterrupt:
-            loop.fail(KeyboardInterrupt("interrupted by user (Ctrl-C)"), "main")
-            loop.wait()
-        except BaseException as exc:  # noqa: BLE001
-            loop.fail(exc, "setup")
-            loop.wait()
-        finally:
-            try:
-                if setup_done:
-                    proto.teardown(loop.ctx)
-            except Exception as exc:  # noqa: BLE001
-                teardown_error = f"protocol teardown: {type(exc).__name__}: {exc}"
-                events.post(
-                    {
-                        "type": "error",
-                        "where": "teardown",
-                        "error": teardown_error,
-                        "traceback": format_exception(exc),
-                    }
-                )
-            problems = rig_obj.safe_all()
-            events.post({"type": "safe", "reason": "end of session", "problems": problems})
+        run.drive(loop, rig_obj, proto, events, open_devices)
     finally:
+        snapshots, teardown_error, setup_done = run.snapshots, run.teardown_error, run.setup_done
         status = "aborted" if (loop.aborted or teardown_error) else "completed"
         try:
             events.drain()
