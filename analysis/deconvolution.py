@@ -447,7 +447,133 @@ def _from_noise_level(
                 offset[r] = offset_factor * sigma
 
 
-class OnlineOasis:
+class _OnlineSolver:
+    """What the online AR(1) and AR(2) solvers share: argument checks, per-ROI s_min and offset,
+    the lag ring, reset, s_min from the noise level, and the frame-input checks. A subclass sets
+    its model constants, ``_lam_term``, its pool arrays, ``_state`` and ``_dropped_end``, and
+    provides ``_pooled_spike_sd_factor()`` and ``_advance(y_row)`` (its numba kernel)."""
+
+    _state: np.ndarray
+    _dropped_end: np.ndarray
+
+    def _init_common(
+        self,
+        n_rois: int,
+        s_min: float | np.ndarray,
+        lam: float | np.ndarray,
+        spike_lag_frames: int,
+        pool_capacity: int,
+    ) -> None:
+        if isinstance(n_rois, bool) or not isinstance(n_rois, (int, np.integer)) or n_rois < 0:
+            raise ValueError(f"n_rois must be an integer >= 0, got {n_rois!r}")
+        self.n_rois = int(n_rois)
+        if (
+            isinstance(spike_lag_frames, bool)
+            or not isinstance(spike_lag_frames, (int, np.integer))
+            or spike_lag_frames < 0
+        ):
+            raise ValueError(f"spike_lag_frames must be an integer >= 0, got {spike_lag_frames!r}")
+        self.spike_lag_frames = int(spike_lag_frames)
+        if (
+            isinstance(pool_capacity, bool)
+            or not isinstance(pool_capacity, (int, np.integer))
+            or pool_capacity < self.spike_lag_frames + 2
+        ):
+            raise ValueError(
+                f"pool_capacity must be an integer >= spike_lag_frames + 2 = "
+                f"{self.spike_lag_frames + 2}, got {pool_capacity!r}"
+            )
+        self.pool_capacity = int(pool_capacity)
+        self.s_min = np.zeros(self.n_rois, dtype=np.float64)
+        self.set_s_min(s_min)
+        self.offset = np.zeros(self.n_rois, dtype=np.float64)
+        lam_array = np.broadcast_to(np.asarray(lam, dtype=np.float64), (self.n_rois,))
+        if not (np.isfinite(lam_array).all() and (lam_array >= 0.0).all()):
+            raise ValueError(f"lam must be finite and >= 0, got {lam!r}")
+        self.lam = lam_array.copy()
+        self._state = np.zeros((self.n_rois, _N_STATE), dtype=np.int64)
+        self._nan_ring = np.zeros((self.n_rois, self.spike_lag_frames + 1), dtype=np.bool_)
+        self.calcium = np.full(self.n_rois, np.nan, dtype=np.float32)
+        self.spikes = np.full(self.n_rois, np.nan, dtype=np.float32)
+        self.frames_seen = 0
+
+    def reset(self) -> None:
+        """Forget every trace (e.g. after new ROIs or a baseline jump); keeps the parameters."""
+        self._state[:] = 0
+        self._state[:, _FIRST_RETAINED] = 1
+        self._dropped_end[:] = 0.0
+        self._nan_ring[:] = False
+        self.calcium[:] = np.nan
+        self.spikes[:] = np.nan
+        self.frames_seen = 0
+
+    def set_s_min(self, s_min: float | np.ndarray) -> None:
+        """Minimal spike size per ROI from the next frame on (a number or shape (n_rois,)).
+        NaN (e.g. a noise level not known yet) is not allowed: pass 0 or a default."""
+        values = np.broadcast_to(np.asarray(s_min, dtype=np.float64), (self.n_rois,))
+        if not (np.isfinite(values).all() and (values >= 0.0).all()):
+            raise ValueError(f"s_min must be finite and >= 0 for every ROI, got {s_min!r}")
+        self.s_min[:] = values
+
+    def _pooled_spike_sd_factor(self) -> float:  # pragma: no cover - defined by each model
+        raise NotImplementedError
+
+    def set_noise_level(
+        self,
+        noise_level: np.ndarray,
+        frame_rate_hz: float,
+        n_sds: float = DEFAULT_S_MIN_SDS,
+        percentile: float | None = None,
+    ) -> None:
+        """From CASCADE noise levels (n_rois,) (% / sqrt(s)): s_min = n_sds SDs of a pooled
+        spike estimate (``minimum_spike_size`` / ``minimum_spike_size_ar2``) and, if
+        ``percentile`` (of the dF/F baseline) is given, offset = ``resting_dff_offset``. ROIs
+        whose noise level is NaN (not known yet) keep their values. No allocation."""
+        if noise_level.shape != (self.n_rois,):
+            raise ValueError(
+                f"noise_level must have shape ({self.n_rois},), got {noise_level.shape}"
+            )
+        sd_scale = float(frame_noise_sd(1.0, frame_rate_hz))
+        s_min_factor = float(n_sds) * self._pooled_spike_sd_factor()
+        if not (math.isfinite(s_min_factor) and s_min_factor >= 0.0):
+            raise ValueError(f"n_sds must be a finite number >= 0, got {n_sds!r}")
+        offset_factor = 0.0 if percentile is None else _resting_offset_sds(percentile)
+        _from_noise_level(
+            noise_level, sd_scale, s_min_factor, offset_factor, percentile is not None,
+            self.s_min, self.offset,
+        )  # fmt: skip
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """Per ROI, frames on which a merge needed a pool dropped from the ring (0 = exact)."""
+        return self._state[:, _TRUNCATED].copy()
+
+    def _advance(self, y_row: np.ndarray) -> None:  # pragma: no cover - defined by each model
+        raise NotImplementedError
+
+    def update(self, y_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Add one frame (float32 or float64, shape (n_rois,); NaN = no data); ``offset`` is
+        subtracted first. Returns (calcium, spikes), updated in place."""
+        if not isinstance(y_row, np.ndarray) or y_row.shape != (self.n_rois,):
+            raise ValueError(
+                f"y_row must be a numpy array of shape ({self.n_rois},), got "
+                f"{getattr(y_row, 'shape', type(y_row).__name__)}"
+            )
+        if y_row.dtype not in (np.float32, np.float64):
+            raise ValueError(f"y_row must be float32 or float64, got {y_row.dtype}")
+        self._advance(y_row)
+        self.frames_seen += 1
+        return self.calcium, self.spikes
+
+    def _retained_slots(self, roi: int) -> list[int]:
+        """Ring slots of ROI ``roi``'s retained pools, oldest first (checks roi)."""
+        if not 0 <= roi < self.n_rois:
+            raise ValueError(f"roi must be in 0..{self.n_rois - 1}, got {roi!r}")
+        head, count = int(self._state[roi, _HEAD]), int(self._state[roi, _COUNT])
+        return [(head + k) % self.pool_capacity for k in range(count)]
+
+
+class OnlineOasis(_OnlineSolver):
     """OASIS AR(1) for every ROI, advanced one frame per ``update`` (see the module docstring).
 
     After ``update(y_row)`` for frames 0..t of a trace y (one value per ROI and frame):
@@ -479,34 +605,8 @@ class OnlineOasis:
         spike_lag_frames: int = 0,
         pool_capacity: int = DEFAULT_POOL_CAPACITY,
     ) -> None:
-        if isinstance(n_rois, bool) or not isinstance(n_rois, (int, np.integer)) or n_rois < 0:
-            raise ValueError(f"n_rois must be an integer >= 0, got {n_rois!r}")
-        self.n_rois = int(n_rois)
         self.g = _check_g(g)
-        if (
-            isinstance(spike_lag_frames, bool)
-            or not isinstance(spike_lag_frames, (int, np.integer))
-            or spike_lag_frames < 0
-        ):
-            raise ValueError(f"spike_lag_frames must be an integer >= 0, got {spike_lag_frames!r}")
-        self.spike_lag_frames = int(spike_lag_frames)
-        if (
-            isinstance(pool_capacity, bool)
-            or not isinstance(pool_capacity, (int, np.integer))
-            or pool_capacity < self.spike_lag_frames + 2
-        ):
-            raise ValueError(
-                f"pool_capacity must be an integer >= spike_lag_frames + 2 = "
-                f"{self.spike_lag_frames + 2}, got {pool_capacity!r}"
-            )
-        self.pool_capacity = int(pool_capacity)
-        self.s_min = np.zeros(self.n_rois, dtype=np.float64)
-        self.set_s_min(s_min)
-        self.offset = np.zeros(self.n_rois, dtype=np.float64)
-        lam_array = np.broadcast_to(np.asarray(lam, dtype=np.float64), (self.n_rois,))
-        if not (np.isfinite(lam_array).all() and (lam_array >= 0.0).all()):
-            raise ValueError(f"lam must be finite and >= 0, got {lam!r}")
-        self.lam = lam_array.copy()
+        self._init_common(n_rois, s_min, lam, spike_lag_frames, pool_capacity)
         self._lam_term = self.lam * (1.0 - self.g)
         self._powers = decay_powers(self.g)
         self._log_g = math.log(self.g)
@@ -515,92 +615,30 @@ class OnlineOasis:
         self._pool_weight = np.ones(shape, dtype=np.float64)
         self._pool_start = np.zeros(shape, dtype=np.int64)
         self._pool_s_min = np.zeros(shape, dtype=np.float64)
-        self._state = np.zeros((self.n_rois, _N_STATE), dtype=np.int64)
         self._dropped_end = np.zeros((self.n_rois, 2), dtype=np.float64)
-        self._nan_ring = np.zeros((self.n_rois, self.spike_lag_frames + 1), dtype=np.bool_)
-        self.calcium = np.full(self.n_rois, np.nan, dtype=np.float32)
-        self.spikes = np.full(self.n_rois, np.nan, dtype=np.float32)
-        self.frames_seen = 0
         self.reset()
 
-    def reset(self) -> None:
-        """Forget every trace (e.g. after new ROIs or a baseline jump); keeps the parameters."""
-        self._state[:] = 0
-        self._state[:, _FIRST_RETAINED] = 1
-        self._dropped_end[:] = 0.0
-        self._nan_ring[:] = False
-        self.calcium[:] = np.nan
-        self.spikes[:] = np.nan
-        self.frames_seen = 0
+    def _pooled_spike_sd_factor(self) -> float:
+        return math.sqrt(1.0 - self.g * self.g)
 
-    def set_s_min(self, s_min: float | np.ndarray) -> None:
-        """Minimal spike size per ROI from the next frame on (a number or shape (n_rois,)).
-        NaN (e.g. a noise level not known yet) is not allowed: pass 0 or a default."""
-        values = np.broadcast_to(np.asarray(s_min, dtype=np.float64), (self.n_rois,))
-        if not (np.isfinite(values).all() and (values >= 0.0).all()):
-            raise ValueError(f"s_min must be finite and >= 0 for every ROI, got {s_min!r}")
-        self.s_min[:] = values
-
-    def set_noise_level(
-        self,
-        noise_level: np.ndarray,
-        frame_rate_hz: float,
-        n_sds: float = DEFAULT_S_MIN_SDS,
-        percentile: float | None = None,
-    ) -> None:
-        """From CASCADE noise levels (n_rois,) (% / sqrt(s)): s_min = ``minimum_spike_size`` and,
-        if ``percentile`` (of the dF/F baseline) is given, offset = ``resting_dff_offset``. ROIs
-        whose noise level is NaN (not known yet) keep their values. No allocation."""
-        if noise_level.shape != (self.n_rois,):
-            raise ValueError(
-                f"noise_level must have shape ({self.n_rois},), got {noise_level.shape}"
-            )
-        sd_scale = float(frame_noise_sd(1.0, frame_rate_hz))
-        s_min_factor = float(n_sds) * math.sqrt(1.0 - self.g * self.g)
-        if not (math.isfinite(s_min_factor) and s_min_factor >= 0.0):
-            raise ValueError(f"n_sds must be a finite number >= 0, got {n_sds!r}")
-        offset_factor = 0.0 if percentile is None else _resting_offset_sds(percentile)
-        _from_noise_level(
-            noise_level, sd_scale, s_min_factor, offset_factor, percentile is not None,
-            self.s_min, self.offset,
-        )  # fmt: skip
-
-    @property
-    def truncated(self) -> np.ndarray:
-        """Per ROI, frames on which a merge needed a pool dropped from the ring (0 = exact)."""
-        return self._state[:, _TRUNCATED].copy()
-
-    def update(self, y_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add one frame (float32 or float64, shape (n_rois,); NaN = no data); ``offset`` is
-        subtracted first. Returns (calcium, spikes), updated in place."""
-        if not isinstance(y_row, np.ndarray) or y_row.shape != (self.n_rois,):
-            raise ValueError(
-                f"y_row must be a numpy array of shape ({self.n_rois},), got "
-                f"{getattr(y_row, 'shape', type(y_row).__name__)}"
-            )
-        if y_row.dtype not in (np.float32, np.float64):
-            raise ValueError(f"y_row must be float32 or float64, got {y_row.dtype}")
+    def _advance(self, y_row: np.ndarray) -> None:
         _online_update(
             y_row, self.offset, self.frames_seen, self._powers, self._log_g, self.s_min,
             self._lam_term, self.spike_lag_frames, self._pool_value, self._pool_weight,
             self._pool_start, self._pool_s_min, self._state, self._dropped_end, self._nan_ring,
             self.calcium, self.spikes,
         )  # fmt: skip
-        self.frames_seen += 1
-        return self.calcium, self.spikes
 
     def solution(self, roi: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(first_frame, c, s) of ROI ``roi`` from the start of its oldest retained pool to the
         newest frame, under the current pools (float64; frames without data hold the model's
         values, as in the batch solution). Equals the batch solution of the whole trace on those
         frames while ``truncated[roi]`` is 0. Allocates: for tests and replays, not per frame."""
-        if not 0 <= roi < self.n_rois:
-            raise ValueError(f"roi must be in 0..{self.n_rois - 1}, got {roi!r}")
-        head, count = int(self._state[roi, _HEAD]), int(self._state[roi, _COUNT])
+        slots = self._retained_slots(roi)
+        count = len(slots)
         t_end = self.frames_seen
         if count == 0:
             return t_end, np.zeros(0), np.zeros(0)
-        slots = [(head + k) % self.pool_capacity for k in range(count)]
         first_frame = int(self._pool_start[roi, slots[0]])
         n = t_end - first_frame
         c = np.empty(n)
@@ -1086,7 +1124,7 @@ def _online_ar2_outputs(
     spikes_out[roi] = roi_pools[j, _V] - predicted
 
 
-class OnlineOasisAR2:
+class OnlineOasisAR2(_OnlineSolver):
     """OASIS AR(2) for every ROI, advanced one frame per ``update``: the AR(1) ``OnlineOasis``
     with a rise time (see the AR(2) notes above). Same interface and guarantees: after frames
     0..t, ``calcium[r]`` equals ``oasis_ar2(y[: t + 1, r], ...)[0][t]`` and ``spikes[r]`` equals
@@ -1105,120 +1143,35 @@ class OnlineOasisAR2:
         spike_lag_frames: int = 0,
         pool_capacity: int = DEFAULT_POOL_CAPACITY,
     ) -> None:
-        if isinstance(n_rois, bool) or not isinstance(n_rois, (int, np.integer)) or n_rois < 0:
-            raise ValueError(f"n_rois must be an integer >= 0, got {n_rois!r}")
-        self.n_rois = int(n_rois)
         self.d, self.r, self._d_powers, self._r_powers = _ar2_powers(g1, g2)
         self.g1, self.g2 = self.d + self.r, -self.d * self.r
         self._log_d, self._log_r = math.log(self.d), _log_or_minus_inf(self.r)
-        if (
-            isinstance(spike_lag_frames, bool)
-            or not isinstance(spike_lag_frames, (int, np.integer))
-            or spike_lag_frames < 0
-        ):
-            raise ValueError(f"spike_lag_frames must be an integer >= 0, got {spike_lag_frames!r}")
-        self.spike_lag_frames = int(spike_lag_frames)
-        if (
-            isinstance(pool_capacity, bool)
-            or not isinstance(pool_capacity, (int, np.integer))
-            or pool_capacity < self.spike_lag_frames + 2
-        ):
-            raise ValueError(
-                f"pool_capacity must be an integer >= spike_lag_frames + 2 = "
-                f"{self.spike_lag_frames + 2}, got {pool_capacity!r}"
-            )
-        self.pool_capacity = int(pool_capacity)
-        self.s_min = np.zeros(self.n_rois, dtype=np.float64)
-        self.set_s_min(s_min)
-        self.offset = np.zeros(self.n_rois, dtype=np.float64)
-        lam_array = np.broadcast_to(np.asarray(lam, dtype=np.float64), (self.n_rois,))
-        if not (np.isfinite(lam_array).all() and (lam_array >= 0.0).all()):
-            raise ValueError(f"lam must be finite and >= 0, got {lam!r}")
-        self.lam = lam_array.copy()
+        self._init_common(n_rois, s_min, lam, spike_lag_frames, pool_capacity)
         self._lam_term = self.lam * (1.0 - self.d) * (1.0 - self.r)
         self._pools = np.zeros((self.n_rois, self.pool_capacity, _N_FIELDS), dtype=np.float64)
         self._pool_start = np.zeros((self.n_rois, self.pool_capacity), dtype=np.int64)
-        self._state = np.zeros((self.n_rois, _N_STATE), dtype=np.int64)
         self._dropped_end = np.zeros((self.n_rois, 1), dtype=np.float64)
-        self._nan_ring = np.zeros((self.n_rois, self.spike_lag_frames + 1), dtype=np.bool_)
-        self.calcium = np.full(self.n_rois, np.nan, dtype=np.float32)
-        self.spikes = np.full(self.n_rois, np.nan, dtype=np.float32)
-        self.frames_seen = 0
         self.reset()
 
-    def reset(self) -> None:
-        """Forget every trace (e.g. after new ROIs or a baseline jump); keeps the parameters."""
-        self._state[:] = 0
-        self._state[:, _FIRST_RETAINED] = 1
-        self._dropped_end[:] = 0.0
-        self._nan_ring[:] = False
-        self.calcium[:] = np.nan
-        self.spikes[:] = np.nan
-        self.frames_seen = 0
+    def _pooled_spike_sd_factor(self) -> float:
+        return ar2_pooled_spike_sd_factor(self.g1, self.g2)
 
-    def set_s_min(self, s_min: float | np.ndarray) -> None:
-        """Minimal spike size per ROI from the next frame on (a number or shape (n_rois,))."""
-        values = np.broadcast_to(np.asarray(s_min, dtype=np.float64), (self.n_rois,))
-        if not (np.isfinite(values).all() and (values >= 0.0).all()):
-            raise ValueError(f"s_min must be finite and >= 0 for every ROI, got {s_min!r}")
-        self.s_min[:] = values
-
-    def set_noise_level(
-        self,
-        noise_level: np.ndarray,
-        frame_rate_hz: float,
-        n_sds: float = DEFAULT_S_MIN_SDS,
-        percentile: float | None = None,
-    ) -> None:
-        """As ``OnlineOasis.set_noise_level``, with s_min = ``minimum_spike_size_ar2``."""
-        if noise_level.shape != (self.n_rois,):
-            raise ValueError(
-                f"noise_level must have shape ({self.n_rois},), got {noise_level.shape}"
-            )
-        sd_scale = float(frame_noise_sd(1.0, frame_rate_hz))
-        s_min_factor = float(n_sds) * ar2_pooled_spike_sd_factor(self.g1, self.g2)
-        if not (math.isfinite(s_min_factor) and s_min_factor >= 0.0):
-            raise ValueError(f"n_sds must be a finite number >= 0, got {n_sds!r}")
-        offset_factor = 0.0 if percentile is None else _resting_offset_sds(percentile)
-        _from_noise_level(
-            noise_level, sd_scale, s_min_factor, offset_factor, percentile is not None,
-            self.s_min, self.offset,
-        )  # fmt: skip
-
-    @property
-    def truncated(self) -> np.ndarray:
-        """Per ROI, frames on which a merge needed a pool dropped from the ring (0 = exact)."""
-        return self._state[:, _TRUNCATED].copy()
-
-    def update(self, y_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Add one frame (float32 or float64, shape (n_rois,); NaN = no data); ``offset`` is
-        subtracted first. Returns (calcium, spikes), updated in place."""
-        if not isinstance(y_row, np.ndarray) or y_row.shape != (self.n_rois,):
-            raise ValueError(
-                f"y_row must be a numpy array of shape ({self.n_rois},), got "
-                f"{getattr(y_row, 'shape', type(y_row).__name__)}"
-            )
-        if y_row.dtype not in (np.float32, np.float64):
-            raise ValueError(f"y_row must be float32 or float64, got {y_row.dtype}")
+    def _advance(self, y_row: np.ndarray) -> None:
         _online_ar2_update(
             y_row, self.offset, self.frames_seen, self.g2, self.d, self.r, self._d_powers,
             self._log_d, self._r_powers, self._log_r, self.s_min, self._lam_term,
             self.spike_lag_frames, self._pools, self._pool_start, self._state,
             self._dropped_end, self._nan_ring, self.calcium, self.spikes,
         )  # fmt: skip
-        self.frames_seen += 1
-        return self.calcium, self.spikes
 
     def solution(self, roi: int) -> tuple[int, np.ndarray, np.ndarray]:
         """(first_frame, c, s) of ROI ``roi`` over the retained pools (see OnlineOasis.solution).
         Allocates: for tests and replays, not per frame."""
-        if not 0 <= roi < self.n_rois:
-            raise ValueError(f"roi must be in 0..{self.n_rois - 1}, got {roi!r}")
-        head, count = int(self._state[roi, _HEAD]), int(self._state[roi, _COUNT])
+        slots = self._retained_slots(roi)
+        count = len(slots)
         t_end = self.frames_seen
         if count == 0:
             return t_end, np.zeros(0), np.zeros(0)
-        slots = [(head + k) % self.pool_capacity for k in range(count)]
         starts = self._pool_start[roi]
         first_frame = int(starts[slots[0]])
         n = t_end - first_frame
