@@ -538,11 +538,41 @@ def _grow_region(allowed: np.ndarray, start_y: int, start_x: int) -> list[tuple[
     return region
 
 
+def _bright_enough(
+    pixel_lists: list[np.ndarray],
+    mean_image: np.ndarray,
+    owner: np.ndarray,
+    d: float,
+    min_relative_excess: float,
+) -> list[np.ndarray]:
+    """The ROIs whose mean brightness above their local background is at least
+    ``min_relative_excess`` times the median ROI's. Background: the median of the mean image
+    over the pixels within 1.5 d of the ROI's centre that belong to no ROI."""
+    height, width = mean_image.shape
+    excess = np.empty(len(pixel_lists))
+    radius = 1.5 * d
+    reach = int(math.ceil(radius))
+    for i, pixels in enumerate(pixel_lists):
+        ys, xs = np.divmod(pixels, width)
+        cy, cx = ys.mean(), xs.mean()
+        y0, y1 = max(0, int(cy) - reach), min(height, int(cy) + reach + 1)
+        x0, x1 = max(0, int(cx) - reach), min(width, int(cx) + reach + 1)
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        ring = (owner[y0:y1, x0:x1] < 0) & ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2)
+        background = float(np.median(mean_image[y0:y1, x0:x1][ring])) if ring.any() else 0.0
+        excess[i] = float(mean_image[ys, xs].mean()) - background
+    reference = float(np.median(excess))
+    if not reference > 0.0:
+        return pixel_lists
+    return [p for p, e in zip(pixel_lists, excess) if e >= min_relative_excess * reference]
+
+
 def detect_rois(
     frames: np.ndarray,
     cell_diameter_px: float,
     max_rois: int | None = None,
     threshold: float = 5.0,
+    min_relative_excess: float = 0.0,
 ) -> RoiSet:
     """Find somata in a reference period of a two-photon movie, frames (T, H, W).
 
@@ -570,7 +600,16 @@ def detect_rois(
        mean image above the local background by at least half the peak's excess). A cell
        silent during the reference period is thus grown on brightness alone.
     6. ROIs whose area is not plausible (0.2 to 2.5 times the area of a disc of diameter d)
-       are dropped; at most ``max_rois`` are kept, strongest first.
+       are dropped.
+    7. Optional (``min_relative_excess`` > 0): ROIs whose mean brightness above their local
+       background (the median of the non-ROI pixels within 1.5 d) is below
+       ``min_relative_excess`` times the median ROI's are dropped. A soma the focal plane cuts
+       is about as bright as the others; one the plane misses (seen through the axial PSF's
+       tail), a fragment or a bump of neuropil texture is much dimmer. 0.5 mirrors "in focus"
+       (the plane cuts the soma where the excitation column is half inside it). Leave it at 0
+       for preparations whose somata are not brighter than the neuropil at rest (cells found by
+       their activity alone would be dropped).
+       At most ``max_rois`` are kept, strongest first.
 
     Limits: in the mean image every cell-sized bright blob looks like a soma, so strongly
     textured neuropil or other bright structure can give false ROIs (raise ``threshold``);
@@ -602,6 +641,11 @@ def detect_rois(
         raise ValueError(f"max_rois must be None or a positive integer, got {max_rois!r}")
     if not math.isfinite(float(threshold)):
         raise ValueError(f"threshold must be finite, got {threshold!r}")
+    min_relative_excess = float(min_relative_excess)
+    if not (math.isfinite(min_relative_excess) and 0.0 <= min_relative_excess <= 1.0):
+        raise ValueError(
+            f"min_relative_excess must be between 0 (keep all) and 1, got {min_relative_excess!r}"
+        )
     frames = np.ascontiguousarray(frames)
     if frames.dtype.kind == "f" and not np.all(np.isfinite(frames)):
         raise ValueError("frames contain NaN or inf; replace or drop those frames first")
@@ -681,8 +725,10 @@ def detect_rois(
         region_x = region_array[:, 1] + x0
         owner[region_y, region_x] = len(pixel_lists)
         pixel_lists.append(np.sort(region_y * width + region_x))
-        if max_rois is not None and len(pixel_lists) >= max_rois:
-            break
+    if min_relative_excess > 0.0 and pixel_lists:
+        pixel_lists = _bright_enough(pixel_lists, mean_image, owner, d, min_relative_excess)
+    if max_rois is not None:
+        pixel_lists = pixel_lists[:max_rois]
     weight_lists = [np.full(p.size, 1.0 / p.size) for p in pixel_lists]
     return RoiSet._from_lists((height, width), pixel_lists, weight_lists)
 

@@ -133,6 +133,11 @@ SCHEMA: dict[str, Key] = {
     "rois.reference_s": Key(8.0, "float", "s", 0.5, 600.0, help="frames used to find ROIs"),
     "rois.cell_diameter_um": Key(12.0, "float", "um", 2.0, 100.0),
     "rois.max_rois": Key(2000, "int", "", 1, 100000),
+    "rois.min_relative_excess": Key(
+        0.0, "float", "", 0.0, 1.0,
+        help="drop detected ROIs dimmer above background than this fraction of the median ROI "
+        "(0 keeps all; 0.5 keeps in-focus somata, see docs/PIPELINE.md)",
+    ),
     "dff.baseline_window_s": Key(60.0, "float", "s", 1.0, 3600.0),
     "dff.percentile": Key(8.0, "float", "%", 0.0, 100.0),
     "noise.window_s": Key(

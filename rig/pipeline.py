@@ -66,6 +66,7 @@ class PipelineSettings:
     reference_s: float = 8.0
     cell_diameter_um: float = 12.0
     max_rois: int = 2000
+    min_relative_excess: float = 0.0
     baseline_window_s: float = 60.0
     percentile: float = 8.0
     noise_window_s: float = 30.0
@@ -330,7 +331,12 @@ class Pipeline:
         if self.rois is None:
             px = s.pixel_size_um
             diameter_px = s.cell_diameter_um / float(np.sqrt(px[0] * px[1]))
-            rois = detect_rois(reference, cell_diameter_px=diameter_px, max_rois=s.max_rois)
+            rois = detect_rois(
+                reference,
+                cell_diameter_px=diameter_px,
+                max_rois=s.max_rois,
+                min_relative_excess=s.min_relative_excess,
+            )
         return ReferenceResult(corrector, good_frames, reference.mean(axis=0), rois)
 
     def _install_reference(self, result: ReferenceResult, frame_index: int) -> None:

@@ -75,6 +75,7 @@ def pipeline_settings(config: RigConfig, scanner: Any, speed: str = "max") -> Pi
         reference_s=config["rois.reference_s"],
         cell_diameter_um=config["rois.cell_diameter_um"],
         max_rois=config["rois.max_rois"],
+        min_relative_excess=config["rois.min_relative_excess"],
         baseline_window_s=config["dff.baseline_window_s"],
         percentile=config["dff.percentile"],
         noise_window_s=config["noise.window_s"],

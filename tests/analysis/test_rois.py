@@ -28,10 +28,11 @@ def _simulate_two_photon_movie(
     n_cells: int = 20,
     n_frames: int = 600,
     frame_rate_hz: float = 30.0,
+    brightness: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Somata 8-14 px across (soft discs and Gaussians) on neuropil, spike-driven calcium
     transients (0.5 dF/F per spike, tau 0.6 s, ~1 Hz), Poisson photon counts (~0.7 photons per
-    soma pixel per frame, 0.2 on neuropil).
+    soma pixel per frame, 0.2 on neuropil; ``brightness`` (n_cells,) scales each cell).
 
     Returns frames (T, H, W) float32, centres (n, 2) (y, x), radii (n,), footprints (n, H, W).
     """
@@ -59,6 +60,8 @@ def _simulate_two_photon_movie(
     for t in range(n_frames):
         calcium[:, t] = (calcium[:, t - 1] * decay if t else 0.0) + 0.5 * spikes[:, t]
     cell_photons = 0.5 * rng.uniform(0.7, 1.3, size=n_cells)  # photons / pixel / frame
+    if brightness is not None:
+        cell_photons = cell_photons * brightness
     neuropil_photons = 0.2
     expected = neuropil_photons + np.einsum(
         "ct,cyx->tyx", cell_photons[:, None] * (1 + calcium), footprints
@@ -245,6 +248,28 @@ def test_detection_finds_the_somata_of_a_simulated_shot_noise_movie():
     # ROIs are soma-sized
     areas = np.diff(rois.offsets)
     assert np.all(areas >= 0.2 * np.pi * 5.5**2) and np.all(areas <= 2.5 * np.pi * 5.5**2)
+
+
+def test_min_relative_excess_drops_somata_much_dimmer_than_the_others():
+    """Out-of-focus cells (the focal plane misses the soma) look like dim somata: with
+    min_relative_excess = 0.5 only somata at least half as bright above background as the
+    median ROI are kept."""
+    rng = np.random.default_rng(35)
+    brightness = np.where(np.arange(20) % 4 == 3, 0.3, 1.0)  # every 4th cell at 30 %
+    frames, centres, radii, _ = _simulate_two_photon_movie(rng, brightness=brightness)
+    dim = brightness < 1.0
+
+    everything = detect_rois(frames, cell_diameter_px=11.0)
+    found_dim, _ = _match_by_centroid(everything.centroids_px, centres[dim], radii[dim])
+    assert found_dim >= 0.4  # visible: some are found when nothing is filtered
+
+    in_focus = detect_rois(frames, cell_diameter_px=11.0, min_relative_excess=0.5)
+    kept_dim, _ = _match_by_centroid(in_focus.centroids_px, centres[dim], radii[dim])
+    kept_bright, _ = _match_by_centroid(in_focus.centroids_px, centres[~dim], radii[~dim])
+    assert kept_dim == 0.0
+    assert kept_bright >= 0.8
+    with pytest.raises(ValueError, match="min_relative_excess"):
+        detect_rois(frames[:30], cell_diameter_px=11.0, min_relative_excess=1.5)
 
 
 def test_detection_on_pure_noise_finds_nothing_and_max_rois_caps_the_count():

@@ -2,11 +2,13 @@
 (issue 3, items 1, 2, 5 and 6), in the regime the issue names: noise level 2-4.
 
 At the default 80 mW the resonant rig's median noise level is ~6; at 160 mW (two-photon
-excitation: 4x the photons) it is ~2.6, which is what this session uses. The figures the issue
-asks for that the pipeline reaches are asserted (ROI recall >= 0.9, motion RMS <= 0.2 px); ROI
-precision (~0.70) and spike correlation (~0.56) are short of 0.9 and 0.7 and are only checked for
-being reported consistently - docs/PIPELINE.md says why (most unmatched ROIs lie on real cells
-the truth calls out of focus; single 15 % dF/F spikes are near the noise).
+excitation: 4x the photons) it is ~2.2-2.6, which is what this session uses. The figures the
+issue asks for that the pipeline reaches are asserted (ROI recall >= 0.9, motion RMS <= 0.2 px).
+ROI precision is 0.85 (>= 0.9 asked): the ROIs left unmatched lie almost all on real cells just
+beyond the focal plane's reach of their soma, which an image cannot tell from cells just cut by
+it; the test keeps it from falling below 0.8. Spike correlation (~0.57, >= 0.7 asked) is only
+checked for being reported - docs/PIPELINE.md says why (single 15 % dF/F spikes are near the
+noise).
 """
 
 import pytest
@@ -31,6 +33,7 @@ def test_default_rig_at_noise_level_2_to_4_finds_the_cells_and_tracks_the_motion
     accuracy = summary["accuracy"]
     assert accuracy["roi_recall"] >= 0.9
     assert accuracy["motion_rms_px"] <= 0.2
+    assert accuracy["roi_precision"] >= 0.8
 
     # recall and precision are the two sides of one one-to-one matching
     n_matched = accuracy["n_matched"]
