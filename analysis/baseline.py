@@ -34,43 +34,24 @@ import math
 import numba
 import numpy as np
 
-from analysis.sorted_window import (
-    SortedWindows,
+from analysis.heap_window import (
+    HeapWindows,
+    WindowState,
     check_percentile,
     check_positive_int,
     check_row,
-    push_value,
-    sorted_percentile,
+    finish_frame,
+    push_roi,
 )
 
 
 @numba.njit(cache=True, nogil=True)
-def update_running_percentile(
-    values: np.ndarray,
-    sorted_values: np.ndarray,
-    ring: np.ndarray,
-    n_finite: np.ndarray,
-    nan_count: np.ndarray,
-    position: np.ndarray,
-    q: float,
-    out: np.ndarray,
-) -> None:
-    """One frame: push values[r] into window r and write its percentile q into out[r]."""
-    n_rois, window_frames = ring.shape
-    count = position[0]
-    head = position[1]
-    window_was_full = count == window_frames
-    for r in range(n_rois):
-        new = np.float32(values[r])
-        old = ring[r, head]
-        ring[r, head] = new
-        if math.isnan(new):
-            nan_count[r] += 1
-        n_finite[r] = push_value(sorted_values[r], n_finite[r], old, window_was_full, new)
-        out[r] = sorted_percentile(sorted_values[r], n_finite[r], q)
-    position[1] = head + 1 if head + 1 < window_frames else 0
-    if not window_was_full:
-        position[0] = count + 1
+def update_running_percentile(values: np.ndarray, state: WindowState, out: np.ndarray) -> None:
+    """One frame: push values[r] into heap window r (``HeapWindows.state``, made for the
+    percentile) and write the window's new percentile into out[r]. O(log W) per ROI."""
+    for r in range(values.shape[0]):
+        out[r] = push_roi(state, r, values[r])
+    finish_frame(state)
 
 
 class RunningPercentile:
@@ -78,12 +59,13 @@ class RunningPercentile:
 
     ``update(values, out)`` adds one frame (values shape (n_rois,)) and writes, for each ROI,
     numpy's linear percentile of its last min(frames seen, window_frames) values, current frame
-    included. No allocation per call. See the module docstring for the lag after a step.
+    included. O(log W) per ROI (two heaps, analysis.heap_window), no allocation per call. See
+    the module docstring for the lag after a step.
     """
 
     def __init__(self, n_rois: int, window_frames: int, percentile: float = 8.0) -> None:
         self.percentile = check_percentile("percentile", percentile)
-        self.window = SortedWindows(n_rois, window_frames)
+        self.window = HeapWindows(n_rois, window_frames, self.percentile)
         self.n_rois = self.window.n_rois
         self.window_frames = self.window.window_frames
 
@@ -94,46 +76,31 @@ class RunningPercentile:
         """Add one frame of values; write the running percentile into out; return out."""
         check_row("values", values, self.n_rois)
         check_row("out", out, self.n_rois)
-        window = self.window
-        update_running_percentile(
-            values,
-            window.sorted_values,
-            window.ring,
-            window.n_finite,
-            window.nan_count,
-            window.position,
-            self.percentile,
-            out,
-        )
+        update_running_percentile(values, self.window.state, out)
         return out
 
 
 @numba.njit(cache=True, nogil=True)
 def _windowed_percentile_rows(
-    traces: np.ndarray, window_frames: int, lead_frames: int, q: float, out: np.ndarray
+    traces: np.ndarray, state: WindowState, lead_frames: int, out: np.ndarray
 ) -> None:
-    """out[r, t] = percentile q of traces[r, t + lead - W + 1 : t + lead + 1] (clipped to the
-    data). lead 0 is the causal trailing window; frames past the end enter as NaN (ignored), so
-    the last windows shrink. Uses the same kernels as the online class, hence the same numbers.
+    """out[r, t] = percentile of traces[r, t + lead - W + 1 : t + lead + 1] (clipped to the
+    data), with state a single-ROI HeapWindows.state for that percentile and W. lead 0 is the
+    causal trailing window; frames past the end enter as NaN (ignored), so the last windows
+    shrink. Uses the same kernels as the online class, hence the same numbers.
     """
     n_rois, n_frames = traces.shape
-    sorted_row = np.empty(window_frames, dtype=np.float32)  # sorted_window.WINDOW_DTYPE
-    ring = np.empty(window_frames, dtype=np.float32)
     for r in range(n_rois):
-        n_finite = 0
-        count = 0
-        head = 0
+        state.n_low[0] = 0  # empty the window for the next trace
+        state.n_high[0] = 0
+        state.position[:] = 0
         for s in range(n_frames + lead_frames):
-            new = np.float32(traces[r, s]) if s < n_frames else np.float32(np.nan)
-            old = ring[head]
-            ring[head] = new
-            n_finite = push_value(sorted_row, n_finite, old, count == window_frames, new)
-            head = head + 1 if head + 1 < window_frames else 0
-            if count < window_frames:
-                count += 1
+            new = traces[r, s] if s < n_frames else np.nan
+            value = push_roi(state, 0, new)
+            finish_frame(state)
             t = s - lead_frames
             if t >= 0:
-                out[r, t] = sorted_percentile(sorted_row, n_finite, q)
+                out[r, t] = value
 
 
 def _as_traces(F: np.ndarray, name: str = "F") -> np.ndarray:
@@ -163,7 +130,7 @@ def causal_baseline(F: np.ndarray, window_frames: int, percentile: float) -> np.
     q = check_percentile("percentile", percentile)
     traces = _as_traces(F)
     out = np.empty_like(traces)
-    _windowed_percentile_rows(traces, window_frames, 0, q, out)
+    _windowed_percentile_rows(traces, HeapWindows(1, window_frames, q).state, 0, out)
     return _shaped_like(out, F)
 
 
@@ -180,7 +147,7 @@ def centered_baseline(F: np.ndarray, window_frames: int, percentile: float) -> n
     traces = _as_traces(F)
     out = np.empty_like(traces)
     lead_frames = window_frames - 1 - window_frames // 2
-    _windowed_percentile_rows(traces, window_frames, lead_frames, q, out)
+    _windowed_percentile_rows(traces, HeapWindows(1, window_frames, q).state, lead_frames, out)
     return _shaped_like(out, F)
 
 

@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from analysis.baseline import causal_baseline, centered_baseline, update_running_percentile
-from analysis.sorted_window import SortedWindows, check_percentile, check_row
+from analysis.heap_window import HeapWindows, WindowState, check_percentile, check_row
 
 DEFAULT_MIN_BASELINE = 1e-6
 
@@ -90,20 +90,14 @@ def _dff_from_baseline_rows(
 @numba.njit(cache=True, nogil=True)
 def _update_dff(
     F_row: np.ndarray,
-    sorted_values: np.ndarray,
-    ring: np.ndarray,
-    n_finite: np.ndarray,
-    nan_count: np.ndarray,
-    position: np.ndarray,
-    q: float,
+    state: WindowState,
     baseline: np.ndarray,
     min_baseline: float,
     nonpositive_baseline_count: np.ndarray,
     out_dff_row: np.ndarray,
 ) -> None:
-    update_running_percentile(
-        F_row, sorted_values, ring, n_finite, nan_count, position, q, baseline
-    )
+    """One frame: push F into the baseline windows (F0 into baseline), then dF/F into out."""
+    update_running_percentile(F_row, state, baseline)
     _dff_from_baseline(F_row, baseline, min_baseline, nonpositive_baseline_count, out_dff_row)
 
 
@@ -112,6 +106,7 @@ class OnlineDff:
 
     ``update(F_row, out_dff_row)``: F_row shape (n_rois,) (any float dtype), out_dff_row
     float32 (n_rois,). ``baseline`` (float64, (n_rois,)) holds the current F0 before flooring.
+    F0 is kept by a two-heap window per ROI (analysis.heap_window): O(log W) per ROI and frame.
     """
 
     def __init__(
@@ -127,7 +122,7 @@ class OnlineDff:
         self.baseline_window_s = float(baseline_window_s)
         self.percentile = check_percentile("percentile", percentile)
         self.min_baseline = _check_min_baseline(min_baseline)
-        self.window = SortedWindows(n_rois, self.window_frames)
+        self.window = HeapWindows(n_rois, self.window_frames, self.percentile)
         self.n_rois = self.window.n_rois
         self.baseline = np.full(self.n_rois, np.nan, dtype=np.float64)
         self.nonpositive_baseline_count = np.zeros(self.n_rois, dtype=np.int64)
@@ -141,15 +136,9 @@ class OnlineDff:
         """Add one frame of F; write its dF/F into out_dff_row; return out_dff_row."""
         check_row("F_row", F_row, self.n_rois)
         check_row("out_dff_row", out_dff_row, self.n_rois)
-        window = self.window
         _update_dff(
             F_row,
-            window.sorted_values,
-            window.ring,
-            window.n_finite,
-            window.nan_count,
-            window.position,
-            self.percentile,
+            self.window.state,
             self.baseline,
             self.min_baseline,
             self.nonpositive_baseline_count,

@@ -26,12 +26,7 @@ import warnings
 import numba
 import numpy as np
 
-from analysis.sorted_window import (
-    SortedWindows,
-    check_row,
-    push_value,
-    sorted_median,
-)
+from analysis.heap_window import MEDIAN, HeapWindows, WindowState, check_row, finish_frame, push_roi
 
 PERCENT = 100.0  # fractional dF/F -> % (the CASCADE convention)
 WHITE_NOISE_FACTOR = 100.0 * math.sqrt(2.0) * 0.6744897501960817  # = 95.39: nu * sqrt(rate) / sigma
@@ -73,39 +68,25 @@ def noise_level(dff: np.ndarray, frame_rate_hz: float) -> np.ndarray | float:
 def _update_noise(
     dff_row: np.ndarray,
     previous: np.ndarray,
-    sorted_values: np.ndarray,
-    ring: np.ndarray,
-    n_finite: np.ndarray,
-    nan_count: np.ndarray,
-    position: np.ndarray,
+    state: WindowState,
     frames_seen: np.ndarray,
     scale: float,
     values: np.ndarray,
 ) -> None:
-    """One frame: push |dff - previous| into each ROI's sorted window, write scale * median."""
-    n_rois, window_frames = ring.shape
+    """One frame: push |dff - previous| into each ROI's median window (``HeapWindows.state``),
+    write scale * median into values."""
     if frames_seen[0] == 0:
-        for r in range(n_rois):
+        for r in range(dff_row.shape[0]):
             previous[r] = dff_row[r]
             values[r] = np.nan
         frames_seen[0] = 1
         return
-    count = position[0]
-    head = position[1]
-    window_was_full = count == window_frames
-    for r in range(n_rois):
+    for r in range(dff_row.shape[0]):
         current = np.float64(dff_row[r])
-        difference = np.float32(abs(current - previous[r]))  # NaN if either frame is NaN
+        difference = abs(current - previous[r])  # NaN if either frame is NaN
         previous[r] = current
-        old = ring[r, head]
-        ring[r, head] = difference
-        if math.isnan(difference):
-            nan_count[r] += 1
-        n_finite[r] = push_value(sorted_values[r], n_finite[r], old, window_was_full, difference)
-        values[r] = scale * sorted_median(sorted_values[r], n_finite[r])
-    position[1] = head + 1 if head + 1 < window_frames else 0
-    if not window_was_full:
-        position[0] = count + 1
+        values[r] = scale * push_roi(state, r, difference)
+    finish_frame(state)
     frames_seen[0] += 1
 
 
@@ -121,7 +102,10 @@ def _finite_median(values: np.ndarray, scratch: np.ndarray) -> float:
         return np.nan
     part = scratch[:n]
     part.sort()
-    return sorted_median(part, n)
+    middle = n // 2
+    if n % 2 == 1:
+        return part[middle]
+    return (part[middle - 1] + part[middle]) / 2.0
 
 
 class OnlineNoiseLevel:
@@ -129,15 +113,14 @@ class OnlineNoiseLevel:
 
     ``update(dff_row)`` takes one frame of fractional dF/F (float32, shape (n_rois,)). After it,
     ``values[r]`` (float32) equals ``noise_level`` of ROI r over its last window_frames + 1
-    frames (i.e. the last window_frames differences), NaN before 2 frames. Cost per ROI and
-    frame: two binary searches plus moving the window elements between the leaving and the
-    entering difference (O(W) worst, about W/3 for stationary noise), no allocation.
+    frames (i.e. the last window_frames differences), NaN before 2 frames. The median is kept
+    by two heaps per ROI (analysis.heap_window): O(log W) per ROI and frame, no allocation.
     NaN frames are handled as in the batch function (differences touching them are ignored).
     """
 
     def __init__(self, n_rois: int, window_frames: int, frame_rate_hz: float) -> None:
         self.frame_rate_hz = _check_frame_rate(frame_rate_hz)
-        self.window = SortedWindows(n_rois, window_frames)
+        self.window = HeapWindows(n_rois, window_frames, MEDIAN)
         self.n_rois = self.window.n_rois
         self.window_frames = self.window.window_frames
         self.values = np.full(self.n_rois, np.nan, dtype=np.float32)
@@ -158,15 +141,10 @@ class OnlineNoiseLevel:
     def update(self, dff_row: np.ndarray) -> np.ndarray:
         """Add one frame of dF/F; return ``values`` (updated in place)."""
         check_row("dff_row", dff_row, self.n_rois)
-        window = self.window
         _update_noise(
             dff_row,
             self._previous,
-            window.sorted_values,
-            window.ring,
-            window.n_finite,
-            window.nan_count,
-            window.position,
+            self.window.state,
             self._frames_seen,
             self._scale,
             self.values,

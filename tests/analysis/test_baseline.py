@@ -12,7 +12,7 @@ from analysis.baseline import (
     centered_baseline,
     maximin_baseline,
 )
-from analysis.sorted_window import SortedWindows
+from analysis.heap_window import MEDIAN, HeapWindows
 
 
 def _float32_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -34,29 +34,32 @@ def test_online_percentile_equals_numpy_over_every_trailing_window(q):
         np.testing.assert_allclose(out, np.percentile(window, q, axis=1), rtol=1e-13, atol=0)
 
 
-def test_sorted_windows_median_and_nan_handling_match_numpy_nan_functions():
+def test_heap_windows_median_and_nan_handling_match_numpy_nan_functions():
     rng = np.random.default_rng(11)
     n_rois, n_frames, window_frames = 3, 200, 20
     values = _float32_values(rng, (n_rois, n_frames))
     values[rng.random(values.shape) < 0.2] = np.nan
     values[1, 50:80] = np.nan  # a whole window of NaN
-    windows = SortedWindows(n_rois, window_frames)
+    median_windows = HeapWindows(n_rois, window_frames, MEDIAN)
+    p25_windows = HeapWindows(n_rois, window_frames, 25.0)
     median, p25 = np.empty(n_rois), np.empty(n_rois)
     for t in range(n_frames):
-        windows.push(values[:, t])
+        median_windows.push(values[:, t])
+        p25_windows.push(values[:, t])
         block = values[:, max(0, t - window_frames + 1) : t + 1]
-        windows.median(median)
-        windows.percentile(25.0, p25)
+        median_windows.value(median)
+        p25_windows.value(p25)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN window -> NaN
             np.testing.assert_allclose(median, np.nanmedian(block, axis=1), rtol=1e-13)
             np.testing.assert_allclose(p25, np.nanpercentile(block, 25, axis=1), rtol=1e-13)
-        # the window covers the last W frames in time, NaN included; the sorted part is sorted
-        np.testing.assert_array_equal(windows.window(0), block[0])
+        # the window covers the last W frames in time, NaN included; the heaps hold its
+        # finite values
+        np.testing.assert_array_equal(median_windows.window(0), block[0])
         for r in range(n_rois):
-            finite = windows.sorted_values[r, : windows.n_finite[r]]
-            assert np.all(np.diff(finite) >= 0)
-    np.testing.assert_array_equal(windows.nan_count, np.isnan(values).sum(axis=1))
+            finite = np.sort(block[r][~np.isnan(block[r])])
+            np.testing.assert_array_equal(median_windows.sorted_finite(r), finite)
+    np.testing.assert_array_equal(median_windows.nan_count, np.isnan(values).sum(axis=1))
 
 
 def test_batch_causal_baseline_equals_the_online_class_exactly():
