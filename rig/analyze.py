@@ -338,7 +338,8 @@ def _figure_spectra(result: RGAnalysis, title: str) -> Figure:
     right.set_xlabel("rank / K")
     for ax in (left, right):
         ax.set_ylabel("eigenvalue")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no valid spectrum: the note says why
+            ax.legend(fontsize=8)
     fig.suptitle(f"Covariance spectra inside clusters - {title}", fontsize=9)
     fig.tight_layout()
     return fig
