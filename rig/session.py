@@ -52,7 +52,8 @@ import queue
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -1075,6 +1076,26 @@ class _StreamArrays:
 # ---------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def atomic_session_h5(folder: Path) -> Iterator[h5py.File]:
+    """Open session.h5.tmp in `folder` for writing; when the block ends, fsync it and rename it
+    to session.h5 (then fsync the folder). If the block fails the temporary file is removed
+    and any existing session.h5 is left as it was."""
+    path = folder / "session.h5"
+    tmp = folder / "session.h5.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        with h5py.File(tmp, "w") as f:
+            yield f
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+
+
 def assemble_session_h5(
     folder: str | os.PathLike[str],
     *,
@@ -1091,20 +1112,9 @@ def assemble_session_h5(
     Raw frames are stored as HDF5 external storage pointing at streams/frames.i2."""
     folder = Path(folder)
     streams = SessionStreams(folder)
-    path = folder / "session.h5"
-    tmp = folder / "session.h5.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_h5(f, streams, rois, mean_image, noise_level, stimuli, attrs, progress)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    return path
+    with atomic_session_h5(folder) as f:
+        _write_h5(f, streams, rois, mean_image, noise_level, stimuli, attrs, progress)
+    return folder / "session.h5"
 
 
 def _write_h5(

@@ -38,10 +38,10 @@ from rig.session import (
     SessionStreamError,
     StreamInfo,
     StreamRecorderBase,
-    _fsync_dir,
     _last_commit,
     _read_json_object,
     _StreamWriter,
+    atomic_session_h5,
     write_json_atomic,
 )
 
@@ -383,53 +383,43 @@ def assemble_spike_h5(
     session.h5.tmp and renamed when complete, a failure removes the temporary file."""
     folder = Path(folder)
     streams = SpikeStreams(folder)
-    path, tmp = folder / "session.h5", folder / "session.h5.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["sample_rate_hz"] = streams.header["sample_rate_hz"]
-            f.attrs["electrodes"] = list(streams.header["electrodes"])
-            f.attrs["block_duration_s"] = streams.header["block_duration_s"]
-            timing = streams.timing()
-            for dataset, (stream, column) in SPIKE_DATASETS.items():
-                dtype = DATASET_DTYPES.get(dataset, SPIKE_STREAMS[stream][0])
-                if column is not None:
-                    source = streams.counts if stream == "block_counts" else timing
-                    f.create_dataset(dataset, data=source[:, column].astype(dtype))
-                    continue
-                n = streams.spikes if stream.startswith("spike_") else streams.onsets
-                ds = f.create_dataset(
-                    dataset, (n,), dtype=dtype, chunks=(8192,) if n else None, maxshape=(None,)
-                )
-                for a in range(0, n, ASSEMBLY_ROWS):
-                    b = min(n, a + ASSEMBLY_ROWS)
-                    ds[a:b] = streams.rows(stream, a, b)
-            g = f.create_group("stimuli")
-            g.create_dataset("block", data=np.array([e.get("frame", -1) for e in stimuli], "i8"))
-            g.create_dataset(
-                "host_time_s", data=np.array([e["host_time_s"] for e in stimuli], float)
+    with atomic_session_h5(folder) as f:
+        f.attrs["sample_rate_hz"] = streams.header["sample_rate_hz"]
+        f.attrs["electrodes"] = list(streams.header["electrodes"])
+        f.attrs["block_duration_s"] = streams.header["block_duration_s"]
+        timing = streams.timing()
+        for dataset, (stream, column) in SPIKE_DATASETS.items():
+            dtype = DATASET_DTYPES.get(dataset, SPIKE_STREAMS[stream][0])
+            if column is not None:
+                source = streams.counts if stream == "block_counts" else timing
+                f.create_dataset(dataset, data=source[:, column].astype(dtype))
+                continue
+            n = streams.spikes if stream.startswith("spike_") else streams.onsets
+            ds = f.create_dataset(
+                dataset, (n,), dtype=dtype, chunks=(8192,) if n else None, maxshape=(None,)
             )
-            g.create_dataset(
-                "device_time_s",
-                data=np.array(
-                    [
-                        np.nan if e.get("device_time_s") is None else e["device_time_s"]
-                        for e in stimuli
-                    ],
-                    float,
-                ),
-            )
-            for k, v in attrs.items():
-                if v is not None:
-                    f.attrs[k] = v
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
-    return path
+            for a in range(0, n, ASSEMBLY_ROWS):
+                b = min(n, a + ASSEMBLY_ROWS)
+                ds[a:b] = streams.rows(stream, a, b)
+        g = f.create_group("stimuli")
+        g.create_dataset("block", data=np.array([e.get("frame", -1) for e in stimuli], "i8"))
+        g.create_dataset(
+            "host_time_s", data=np.array([e["host_time_s"] for e in stimuli], float)
+        )
+        g.create_dataset(
+            "device_time_s",
+            data=np.array(
+                [
+                    np.nan if e.get("device_time_s") is None else e["device_time_s"]
+                    for e in stimuli
+                ],
+                float,
+            ),
+        )
+        for k, v in attrs.items():
+            if v is not None:
+                f.attrs[k] = v
+    return folder / "session.h5"
 
 
 def recover_spike_session(folder: Path, *, force: bool = False, write_report: bool = True) -> Any:
