@@ -265,6 +265,25 @@ def _session_noise_level(streams: SessionStreams) -> np.ndarray | None:
     )
 
 
+def recovered_context(
+    start: dict[str, Any], config: Any, events: list[dict[str, Any]], recovered: dict[str, Any]
+) -> dict[str, Any]:
+    """The summary keys a recovered session of either kind takes from its start event and
+    events.jsonl: the protocol (no metrics: the protocol did not finish), the rig config, the
+    devices' snapshots, and what recovery found (`recovered`)."""
+    return {
+        "protocol": {
+            "name": start.get("protocol"),
+            "file": None,
+            "parameters": start.get("parameters", {}),
+            "metrics": {},
+        },
+        "config": config,
+        "devices": _last(events, "device", event="opened").get("snapshots", {}),
+        "recovered": recovered,
+    }
+
+
 def _percentiles(values: np.ndarray) -> dict[str, Any]:
     v = values[np.isfinite(values)]
     if v.size == 0:
@@ -331,13 +350,5 @@ def _summary_from_streams(
             if finite_noise.size
             else {"median": None, "p10": None, "p90": None}
         ),
-        "protocol": {
-            "name": start.get("protocol"),
-            "file": None,
-            "parameters": start.get("parameters", {}),
-            "metrics": {},
-        },
-        "config": config,
-        "devices": _last(events, "device", event="opened").get("snapshots", {}),
-        "recovered": recovered,
+        **recovered_context(start, config, events, recovered),
     }

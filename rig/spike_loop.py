@@ -434,6 +434,7 @@ def recover_spike_session(folder: Path, *, force: bool = False, write_report: bo
         _percentiles,
         _session_start,
         finish_recovery,
+        recovered_context,
     )
     from rig.session import read_events
 
@@ -522,15 +523,7 @@ def recover_spike_session(folder: Path, *, force: bool = False, write_report: bo
             "processing_ms": {"median": None, "p99": None},
             "stimuli": len(stimuli),
             "noise_level": {"median": None, "p10": None, "p90": None},
-            "protocol": {
-                "name": start.get("protocol"),
-                "file": None,
-                "parameters": start.get("parameters", {}),
-                "metrics": {},
-            },
-            "config": config,
-            "devices": _last(events, "device", event="opened").get("snapshots", {}),
-            "recovered": recovered,
+            **recovered_context(start, config, events, recovered),
         }
         actions.append("wrote summary.json from the streams and events.jsonl")
     return finish_recovery(folder, summary, actions, streams.blocks, write_report)
