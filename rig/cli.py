@@ -24,6 +24,7 @@ import importlib
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from drivers.errors import DeviceError
@@ -164,7 +165,9 @@ def _summary_text(folder: Any, s: dict[str, Any]) -> str:
         f"max {f(lat['max'], '.3f')} ms",
         f"stimuli   {s['stimuli']}",
         f"protocol  {s['protocol']['name']}: {_short_metrics(s['protocol']['metrics'])}",
-        f"report    {folder}/report.html",
+        f"report    {folder}/report.html"
+        if (Path(folder) / "report.html").is_file()
+        else f"report    not written (rig report {folder} writes it)",
     ]
     return "\n".join(lines)
 

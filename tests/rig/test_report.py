@@ -411,3 +411,18 @@ def test_report_of_a_ten_minute_session_with_500_rois_is_complete(tmp_path: path
         roi_start_frame=900,
     )
     assert_complete_report(folder)
+
+
+def test_the_run_summary_points_at_the_report_only_when_one_was_written(tmp_path):
+    from rig.cli import _summary_text
+
+    summary = {
+        "status": "completed", "error": None, "stop_reason": None, "frames": 10,
+        "frame_rate_hz": 30.0, "duration_s": 0.33, "frames_dropped": 0, "wall_time_s": 1.0,
+        "n_rois": 3, "noise_level": {"median": 2.0, "p10": 1.0, "p90": 3.0},
+        "latency_ms": {"p50": 1.0, "p99": 2.0, "max": 3.0}, "stimuli": 0,
+        "protocol": {"name": "p", "metrics": {}},
+    }
+    assert f"rig report {tmp_path}" in _summary_text(tmp_path, summary)
+    (tmp_path / "report.html").write_text("<html></html>")
+    assert f"{tmp_path}/report.html" in _summary_text(tmp_path, summary)
