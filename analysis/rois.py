@@ -538,16 +538,11 @@ def _grow_region(allowed: np.ndarray, start_y: int, start_x: int) -> list[tuple[
     return region
 
 
-def _bright_enough(
-    pixel_lists: list[np.ndarray],
-    mean_image: np.ndarray,
-    owner: np.ndarray,
-    d: float,
-    min_relative_excess: float,
-) -> list[np.ndarray]:
-    """The ROIs whose mean brightness above their local background is at least
-    ``min_relative_excess`` times the median ROI's. Background: the median of the mean image
-    over the pixels within 1.5 d of the ROI's centre that belong to no ROI."""
+def _excess_above_background(
+    pixel_lists: list[np.ndarray], mean_image: np.ndarray, owner: np.ndarray, d: float
+) -> np.ndarray:
+    """Each ROI's mean brightness above its local background: the median of the mean image
+    over the pixels within 1.5 d of the ROI's centre that belong to no ROI (owner < 0)."""
     height, width = mean_image.shape
     excess = np.empty(len(pixel_lists))
     radius = 1.5 * d
@@ -561,10 +556,37 @@ def _bright_enough(
         ring = (owner[y0:y1, x0:x1] < 0) & ((yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2)
         background = float(np.median(mean_image[y0:y1, x0:x1][ring])) if ring.any() else 0.0
         excess[i] = float(mean_image[ys, xs].mean()) - background
+    return excess
+
+
+def _bright_enough(
+    pixel_lists: list[np.ndarray],
+    mean_image: np.ndarray,
+    owner: np.ndarray,
+    d: float,
+    min_relative_excess: float,
+) -> list[np.ndarray]:
+    """The ROIs whose mean brightness above their local background is at least
+    ``min_relative_excess`` times the median ROI's."""
+    excess = _excess_above_background(pixel_lists, mean_image, owner, d)
     reference = float(np.median(excess))
     if not reference > 0.0:
         return pixel_lists
     return [p for p, e in zip(pixel_lists, excess) if e >= min_relative_excess * reference]
+
+
+def relative_excess(rois: RoiSet, mean_image: np.ndarray, cell_diameter_px: float) -> np.ndarray:
+    """Each ROI's mean brightness above its local background (the median of the non-ROI pixels
+    within 1.5 cell diameters of its centre) divided by the median ROI's: the quantity
+    ``detect_rois(min_relative_excess=...)`` thresholds. mean_image: (H, W) of the ROIs' frames."""
+    mean_image = np.asarray(mean_image, dtype=np.float64)
+    if mean_image.shape != rois.shape:
+        raise ValueError(f"mean_image has shape {mean_image.shape}, the ROIs {rois.shape}")
+    owner = rois.label_image() - 1
+    pixel_lists = [rois.roi_pixels(i) for i in range(rois.n_rois)]
+    excess = _excess_above_background(pixel_lists, mean_image, owner, float(cell_diameter_px))
+    reference = float(np.median(excess)) if excess.size else 0.0
+    return excess / reference if reference > 0.0 else np.full(excess.size, np.nan)
 
 
 def detect_rois(

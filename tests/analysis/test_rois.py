@@ -5,7 +5,7 @@ import pytest
 
 from analysis.dff import dff_offline
 from analysis.noise import noise_level
-from analysis.rois import RoiSet, detect_rois, extract, load_roi_file
+from analysis.rois import RoiSet, detect_rois, extract, load_roi_file, relative_excess
 
 # --------------------------------------------------------------------------- helpers
 
@@ -268,6 +268,17 @@ def test_min_relative_excess_drops_somata_much_dimmer_than_the_others():
     kept_bright, _ = _match_by_centroid(in_focus.centroids_px, centres[~dim], radii[~dim])
     assert kept_dim == 0.0
     assert kept_bright >= 0.8
+
+    # relative_excess reports, for any ROI set, the quantity the filter thresholds: applied to
+    # the unfiltered ROIs it keeps exactly the filtered ones
+    excess = relative_excess(everything, frames.mean(axis=0, dtype=np.float64), 11.0)
+    assert np.median(excess) == pytest.approx(1.0)
+    kept = [i for i in range(everything.n_rois) if excess[i] >= 0.5]
+    assert len(kept) == in_focus.n_rois
+    for i, j in zip(kept, range(in_focus.n_rois)):
+        np.testing.assert_array_equal(everything.roi_pixels(i), in_focus.roi_pixels(j))
+    with pytest.raises(ValueError, match="mean_image has shape"):
+        relative_excess(everything, frames[0, :10], 11.0)
     with pytest.raises(ValueError, match="min_relative_excess"):
         detect_rois(frames[:30], cell_diameter_px=11.0, min_relative_excess=1.5)
 
