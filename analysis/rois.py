@@ -10,6 +10,7 @@ pixel reads), instead of multiplying full-frame masks.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -587,6 +588,58 @@ def relative_excess(rois: RoiSet, mean_image: np.ndarray, cell_diameter_px: floa
     excess = _excess_above_background(pixel_lists, mean_image, owner, float(cell_diameter_px))
     reference = float(np.median(excess)) if excess.size else 0.0
     return excess / reference if reference > 0.0 else np.full(excess.size, np.nan)
+
+
+def axial_fraction(
+    stack: np.ndarray, z_um: np.ndarray, rois: RoiSet, cell_diameter_px: float
+) -> np.ndarray:
+    """How far each ROI's soma reaches the imaging plane, from a reference z-stack aligned with
+    the ROIs: its mean brightness above the local background (the median of the non-ROI pixels
+    within 1.5 cell diameters of its centre) in the plane z = 0 divided by its largest value
+    over all planes.
+
+    A soma the plane cuts is brightest near its centre and still at least half as bright where
+    the plane leaves it, so >= 0.5 means the plane lies within the soma's axial extent at half
+    maximum: the measured twin of "in focus" (the excitation column at least half inside the
+    soma). A cell the plane misses peaks in another plane and scores less.
+
+    stack: (planes, H, W), NaN where a plane has no data (the field's edge after alignment);
+    z_um: each plane's z relative to the imaging plane, one of them 0 (within 1e-6 um). NaN for
+    an ROI not brighter than its background in any plane or without data.
+    """
+    stack = np.asarray(stack, dtype=np.float64)
+    z_um = np.asarray(z_um, dtype=np.float64)
+    if stack.ndim != 3 or stack.shape[1:] != rois.shape or z_um.shape != (stack.shape[0],):
+        raise ValueError(
+            f"stack must be (planes, H, W) with H, W = {rois.shape} and z_um one z per plane, "
+            f"got {stack.shape} and {z_um.shape}"
+        )
+    in_plane = np.flatnonzero(np.abs(z_um) < 1e-6)
+    if in_plane.size != 1:
+        raise ValueError(f"z_um must hold the imaging plane z = 0 once, got {z_um.tolist()}")
+    k0 = int(in_plane[0])
+    height, width = rois.shape
+    owner = rois.label_image() - 1
+    radius = 1.5 * float(cell_diameter_px)
+    reach = int(math.ceil(radius))
+    out = np.full(rois.n_rois, np.nan)
+    for i in range(rois.n_rois):
+        ys, xs = np.divmod(rois.roi_pixels(i), width)
+        cy, cx = ys.mean(), xs.mean()
+        y0, y1 = max(0, int(cy) - reach), min(height, int(cy) + reach + 1)
+        x0, x1 = max(0, int(cx) - reach), min(width, int(cx) + reach + 1)
+        gy, gx = np.mgrid[y0:y1, x0:x1]
+        ring = (owner[y0:y1, x0:x1] < 0) & ((gy - cy) ** 2 + (gx - cx) ** 2 <= radius**2)
+        if not ring.any():
+            continue
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN planes give NaN
+            inside = np.nanmean(stack[:, ys, xs], axis=1)
+            background = np.nanmedian(stack[:, y0:y1, x0:x1][:, ring], axis=1)
+        profile = inside - background
+        if np.isfinite(profile[k0]) and np.nanmax(profile, initial=-np.inf) > 0:
+            out[i] = profile[k0] / np.nanmax(profile)
+    return out
 
 
 def detect_rois(

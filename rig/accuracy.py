@@ -80,6 +80,7 @@ def session_accuracy(
     shifts_px: np.ndarray | None,
     spikes: np.ndarray | None,
     spike_lag_frames: int,
+    reference_end_frame: int | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "roi_recall": None,
@@ -91,8 +92,11 @@ def session_accuracy(
     }
     period = 1.0 / frame_rate_hz
     start = roi_start_frame or 0
-    ref_t0 = frame_times_s[max(0, start - reference_frames)] if len(frame_times_s) else 0.0
-    ref_t1 = frame_times_s[start] + period if len(frame_times_s) > start else ref_t0
+    # the reference period ends where the pipeline says (ROIs may start later: detection on a
+    # worker thread, a reference z-stack); older sessions: where the ROIs start
+    ref_end = start if reference_end_frame is None else reference_end_frame
+    ref_t0 = frame_times_s[max(0, ref_end - reference_frames)] if len(frame_times_s) else 0.0
+    ref_t1 = frame_times_s[ref_end] + period if len(frame_times_s) > ref_end else ref_t0
     offset = mean_displacement_um(ground_truth, ref_t0, ref_t1)
     truth, cell_of_roi = true_footprints(ground_truth, frame_shape, pixel_size_um, offset)
     out["n_true_cells"] = truth.n_rois

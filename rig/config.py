@@ -138,6 +138,23 @@ SCHEMA: dict[str, Key] = {
         help="drop detected ROIs dimmer above background than this fraction of the median ROI "
         "(0 keeps all; 0.5 keeps in-focus somata, see docs/PIPELINE.md)",
     ),
+    "rois.zstack_range_um": Key(
+        0.0, "float", "um", 0.0, 200.0,
+        help="after the reference period, take a reference z-stack from -range to +range "
+        "with the focus device and keep the ROIs whose soma the plane cuts (0: no z-stack)",
+    ),
+    "rois.zstack_step_um": Key(1.0, "float", "um", 0.1, 50.0, help="reference z-stack spacing"),
+    "rois.zstack_frames_per_plane": Key(
+        30, "int", "", 1, 10000, help="frames averaged (motion-corrected) per z-stack plane"
+    ),
+    "rois.zstack_settle_s": Key(
+        0.03, "float", "s", 0.0, 10.0, help="after each focus step before frames count"
+    ),
+    "rois.min_axial_fraction": Key(
+        0.5, "float", "", 0.0, 1.0,
+        help="with a reference z-stack: keep ROIs at least this bright in the imaging plane "
+        "relative to their brightest plane (0.5: the plane cuts the soma)",
+    ),
     "dff.baseline_window_s": Key(60.0, "float", "s", 1.0, 3600.0),
     "dff.percentile": Key(8.0, "float", "%", 0.0, 100.0),
     "noise.window_s": Key(

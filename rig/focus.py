@@ -143,7 +143,43 @@ def focus_settings(config: RigConfig) -> FocusSettings:
                 "(optotune: focus.focal_power_range_dpt through the optics or calibration; "
                 "piezo: focus.travel_um)"
             )
+    _check_reference_zstack(config, settings)
     return settings
+
+
+def _check_reference_zstack(config: RigConfig, settings: FocusSettings) -> None:
+    """rois.zstack_range_um > 0 needs a focus device that reaches the whole stack, a single
+    imaging plane and detected ROIs."""
+    half_range = config["rois.zstack_range_um"]
+    if half_range <= 0:
+        return
+    where = f"rois.zstack_range_um = {half_range:g}"
+    if settings.kind == "none":
+        raise ConfigError(
+            f'{where} needs a focus device to step: set focus.kind = "optotune" (or "piezo"), '
+            "or rois.zstack_range_um = 0"
+        )
+    if config["volume.planes_um"]:
+        raise ConfigError(
+            f"{where}: a reference z-stack is for single-plane imaging; volumetric imaging "
+            "(volume.planes_um) detects ROIs per plane - set one of them to off"
+        )
+    if config["rois.source"] != "detect":
+        raise ConfigError(
+            f"{where}: the z-stack checks detected ROIs, but rois.source = "
+            f"{config['rois.source']!r}; set rois.source = \"detect\" or rois.zstack_range_um = 0"
+        )
+    if config["rois.zstack_step_um"] > half_range:
+        raise ConfigError(
+            f"rois.zstack_step_um = {config['rois.zstack_step_um']:g} is larger than {where}: "
+            "the stack would hold only the imaging plane"
+        )
+    z_lo, z_hi = settings.z_range_um
+    if not (z_lo <= -half_range and half_range <= z_hi):
+        raise ConfigError(
+            f"{where}: the stack [{-half_range:g}, {half_range:g}] um leaves the focus range "
+            f"[{z_lo:g}, {z_hi:g}] um; use a smaller range"
+        )
 
 
 class WorldLensClock:

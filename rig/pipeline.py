@@ -13,6 +13,11 @@ Stages, in order (names as in config, summary.json `stage_ms_median` and session
                    worker thread while frames keep flowing (without traces), and the result
                    is installed by the processing thread at the next frame; in max-speed
                    sessions it runs in place, so the install frame is deterministic.
+                   Optional (rois.zstack_range_um > 0): a reference z-stack follows
+                   (rig.reference_zstack; the focus device steps, each frame is registered
+                   and accumulated into its plane, no traces), and only the detected ROIs
+                   whose soma the imaging plane cuts (analysis.rois.axial_fraction >=
+                   rois.min_axial_fraction) are installed, back at z = 0.
 3. `extract`       weighted mean fluorescence per ROI (numba, no allocation).
 4. `neuropil`      square-ring neuropil means; F_corrected = F - r F_neuropil (r = 0.7).
 5. `dff`           causal dF/F against a running percentile baseline (trailing window).
@@ -44,7 +49,8 @@ from analysis.dff import OnlineDff
 from analysis.neuropil import Neuropil
 from analysis.noise import OnlineNoiseLevel
 from analysis.roi_import import import_rois
-from analysis.rois import RoiSet, detect_rois, extract
+from analysis.rois import RoiSet, axial_fraction, detect_rois, extract
+from rig.reference_zstack import ReferenceZStack
 from rig.ring import FrameRing
 
 STAGES = ("motion", "rois", "extract", "neuropil", "dff", "noise_level", "deconvolution", "rg")
@@ -67,6 +73,11 @@ class PipelineSettings:
     cell_diameter_um: float = 12.0
     max_rois: int = 2000
     min_relative_excess: float = 0.0
+    zstack_range_um: float = 0.0  # > 0: reference z-stack after the reference period
+    zstack_step_um: float = 1.0
+    zstack_frames_per_plane: int = 30
+    zstack_settle_frames: int = 1
+    min_axial_fraction: float = 0.5
     baseline_window_s: float = 60.0
     percentile: float = 8.0
     noise_window_s: float = 30.0
@@ -124,11 +135,13 @@ class Pipeline:
         post_event: Callable[[dict[str, Any]], None],
         publish: Callable[[str, Any], None] | None = None,
         trace_source: Any = None,
+        focus: Any = None,
     ) -> None:
         settings.check()
         self.settings = settings
         self.post_event = post_event
         self.publish = publish
+        self.focus = focus  # steps the reference z-stack (settings.zstack_range_um > 0)
         # traces recorded elsewhere (suite2p replay: simulators.replay.TraceSource): the ROIs
         # are given (`rois`, `mean_image`, `how`) and `read(frame_index, out)` fills each
         # frame's fluorescence in place of the extract stage
@@ -139,6 +152,10 @@ class Pipeline:
         self.mean_image: np.ndarray | None = None
         self.rois: RoiSet | None = None
         self.roi_start_frame: int | None = None
+        self.reference_end_frame: int | None = None  # the first frame after the reference
+        self._zstack: ReferenceZStack | None = None
+        self._pending_rois: RoiSet | None = None  # detected, waiting for the z-stack
+        self.zstack_result: dict[str, np.ndarray] | None = None
         self.stage_ms = np.zeros(len(STAGES))
         self.history_frames = max(2, int(round(settings.history_s * settings.frame_rate_hz)))
         self.history: np.ndarray | None = None  # (history_frames, n_rois) ring of dF/F
@@ -156,11 +173,10 @@ class Pipeline:
         self._corrected: np.ndarray | None = None
         self._rg_row: np.ndarray | None = None
         self._frames_since_publish = 0
-        self._detection: threading.Thread | None = None
+        self._background: _BackgroundJob | None = None  # detection / z-stack check (realtime)
         self._rg_job: Any = None
         self.rg_columns: np.ndarray | None = None  # the ROIs the coarse-graining uses
         self._rg_worker: threading.Thread | None = None
-        self._detected: ReferenceResult | BaseException | None = None
 
     @property
     def stage_names(self) -> tuple[str, ...]:
@@ -175,6 +191,19 @@ class Pipeline:
         if self.settings.roi_source != "detect":
             rois = load_rois(self.settings.roi_source, self.settings.frame_shape)
             self._install_rois(rois, frame_index=0, how=f"file {self.settings.roi_source}")
+        elif self.settings.zstack_range_um > 0:
+            s = self.settings
+            self._zstack = ReferenceZStack(
+                half_range_um=s.zstack_range_um,
+                step_um=s.zstack_step_um,
+                frames_per_plane=s.zstack_frames_per_plane,
+                settle_frames=s.zstack_settle_frames,
+                frame_shape=s.frame_shape,
+                focus=self.focus,
+                max_shift_px=s.motion_max_shift_um / min(s.pixel_size_um) if s.motion else None,
+                registration_px=s.motion_registration_px,
+                post_event=self.post_event,
+            )
 
     @property
     def n_rois(self) -> int:
@@ -192,6 +221,19 @@ class Pipeline:
         times[:] = 0.0
         t0 = time.perf_counter()
         ring.motion_status[slot] = motion_numerics.OK
+        if self._zstack is not None and self._zstack.active:
+            ring.n_rois[slot] = 0
+            ring.motion_status[slot] = self._zstack.take(frame, frame_index, shift)
+            if self._zstack.done:
+                detected, stack = self._pending_rois, self._zstack.stack()
+                self._in_background(
+                    "checking the ROIs against the reference z-stack",
+                    lambda: self._check_against_zstack(detected, stack),
+                    self._install_checked,
+                    frame_index,
+                )
+            times[0] = (time.perf_counter() - t0) * 1e3
+            return
         if self.motion_corrector is not None:
             status = self.motion_corrector.register(frame, self._motion_out)
             shift[0], shift[1] = self._motion_out[0], self._motion_out[1]
@@ -209,9 +251,11 @@ class Pipeline:
             shift[:] = 0.0
         t1 = time.perf_counter()
         times[0] = (t1 - t0) * 1e3
-        if self._detection is not None:
-            self._install_detected(frame_index)
-        elif self.rois is None or self._n_reference < self._reference.shape[0]:
+        if self._background is not None:
+            self._poll_background(frame_index)
+        elif self._pending_rois is None and (
+            self.rois is None or self._n_reference < self._reference.shape[0]
+        ):
             self._collect_reference(frame, frame_index)
         t2 = time.perf_counter()
         times[1] = (t2 - t1) * 1e3
@@ -275,40 +319,47 @@ class Pipeline:
             self._n_reference += 1
         if self._n_reference < self._reference.shape[0]:
             return
-        if self.settings.detect_in_background:
-            self._detection = threading.Thread(
-                target=self._detect_in_worker, name="roi-detection", daemon=True
-            )
-            self._detection.start()
-            self.post_event(
-                {
-                    "type": "pipeline",
-                    "event": "ROI detection started on a worker thread",
-                    "frame": frame_index,
-                }
-            )
-            return
-        self._install_reference(self._analyse_reference(), frame_index)
+        self.reference_end_frame = frame_index + 1
+        self._in_background(
+            "ROI detection on the reference period",
+            self._analyse_reference,
+            self._install_reference,
+            frame_index,
+        )
 
-    def _detect_in_worker(self) -> None:
-        try:
-            self._detected = self._analyse_reference()
-        except BaseException as e:  # noqa: BLE001 - handed to the processing thread
-            self._detected = e
-
-    def _install_detected(self, frame_index: int) -> None:
-        assert self._detection is not None
-        if self._detection.is_alive():
+    def _in_background(
+        self,
+        what: str,
+        work: Callable[[], Any],
+        install: Callable[[Any, int], None],
+        frame_index: int,
+    ) -> None:
+        """Realtime sessions: run ``work`` (which touches no pipeline state) on a worker thread
+        while frames keep flowing, and ``install`` its result on the processing thread at the
+        first frame after it finished. Max-speed sessions: both in place, so the install frame
+        is deterministic."""
+        if not self.settings.detect_in_background:
+            install(work(), frame_index)
             return
-        self._detection.join()
-        self._detection = None
-        result, self._detected = self._detected, None
-        if isinstance(result, BaseException):
-            raise RuntimeError(f"ROI detection on the reference period failed: {result}") from (
-                result
-            )
-        assert result is not None
-        self._install_reference(result, frame_index)
+        self._background = _BackgroundJob(what, work, install)
+        self.post_event(
+            {
+                "type": "pipeline",
+                "event": f"{what} started on a worker thread",
+                "frame": frame_index,
+            }
+        )
+
+    def _poll_background(self, frame_index: int) -> None:
+        job = self._background
+        assert job is not None
+        if job.thread.is_alive():
+            return
+        job.thread.join()
+        self._background = None
+        if job.error is not None:
+            raise RuntimeError(f"{job.what} failed: {job.error}") from job.error
+        job.install(job.result, frame_index)
 
     def _analyse_reference(self) -> ReferenceResult:
         """Motion reference, mean image and ROIs from the reference period. Touches no
@@ -351,8 +402,66 @@ class Pipeline:
                 }
             )
         self.mean_image = result.mean_image
-        if result.rois is not None:
+        if result.rois is not None and self._zstack is not None:
+            self._pending_rois = result.rois
+            self._zstack.start(result.mean_image, frame_index)
+        elif result.rois is not None:
             self._install_rois(result.rois, frame_index, how="detected on the reference period")
+
+    def _check_against_zstack(
+        self, detected: RoiSet, stack: np.ndarray
+    ) -> tuple[RoiSet, dict[str, np.ndarray]]:
+        """The detected ROIs whose soma the imaging plane cuts (axial fraction >=
+        rois.min_axial_fraction, or not measurable), and what reference_zstack.npz keeps.
+        Touches no pipeline state."""
+        s = self.settings
+        assert self._zstack is not None
+        px = s.pixel_size_um
+        fraction = axial_fraction(
+            stack, self._zstack.z_um, detected, s.cell_diameter_um / float(np.sqrt(px[0] * px[1]))
+        )
+        keep = ~(fraction < s.min_axial_fraction)  # NaN (not measurable): kept
+        kept = np.flatnonzero(keep)
+        rois = RoiSet._from_lists(
+            detected.shape,
+            [detected.roi_pixels(i) for i in kept],
+            [detected.weights[detected.offsets[i] : detected.offsets[i + 1]] for i in kept],
+        )
+        record = {
+            "stack": stack.astype(np.float32),
+            "z_um": self._zstack.z_um.copy(),
+            "frames": self._zstack.frames.copy(),
+            "first_frame": self._zstack.first_frame.copy(),
+            "axial_fraction": fraction,
+            "kept": keep,
+            "min_axial_fraction": np.asarray(s.min_axial_fraction),
+        }
+        return rois, record
+
+    def _install_checked(
+        self, checked: tuple[RoiSet, dict[str, np.ndarray]], frame_index: int
+    ) -> None:
+        rois, record = checked
+        detected = record["kept"].size
+        self._pending_rois = None
+        self.zstack_result = record
+        self.post_event(
+            {
+                "type": "zstack",
+                "event": "ROIs checked",
+                "frame": frame_index,
+                "detected": int(detected),
+                "kept": rois.n_rois,
+                "not_measurable": int(np.isnan(record["axial_fraction"]).sum()),
+                "min_axial_fraction": self.settings.min_axial_fraction,
+            }
+        )
+        self._install_rois(
+            rois,
+            frame_index,
+            how=f"detected on the reference period; {rois.n_rois} of {detected} in focus "
+            "by the reference z-stack",
+        )
 
     def _install_rois(self, rois: RoiSet, frame_index: int, how: str) -> None:
         s = self.settings
@@ -484,6 +593,26 @@ class Pipeline:
             live = rg_live_values(rg)
             if live:
                 self.publish("rg", live)
+
+
+class _BackgroundJob:
+    """One piece of work on a worker thread: its result or error, and how to install it."""
+
+    def __init__(
+        self, what: str, work: Callable[[], Any], install: Callable[[Any, int], None]
+    ) -> None:
+        self.what = what
+        self.install = install
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(work,), name=what, daemon=True)
+        self.thread.start()
+
+    def _run(self, work: Callable[[], Any]) -> None:
+        try:
+            self.result = work()
+        except BaseException as e:  # noqa: BLE001 - handed to the processing thread
+            self.error = e
 
 
 def rois_always_imaged(rois: RoiSet, frame_shape: tuple[int, int], margin_px: float) -> np.ndarray:

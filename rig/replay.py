@@ -125,6 +125,9 @@ def replay_config(
             "scanner.lines": height,
             "scanner.pixels_per_line": width,
             "recording.frames": False,
+            # a replay has no focus to step: the recorded z-stack frames (if any) replay as
+            # frames of the imaging plane and the ROIs are not checked against a z-stack
+            "rois.zstack_range_um": 0.0,
         }
     )
     if source.trace_source is not None:

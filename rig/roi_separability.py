@@ -20,8 +20,8 @@ all thresholds, picked knowing the answer, so an upper bound for a rule on that 
 
 ``python -m rig.roi_separability [SESSION ...]`` prints both (noise-free on the default ``sim``
 rig, seed 1; a session should be detected with ``--set rois.min_relative_excess=0`` so that no
-ROI was dropped before the comparison). ``python -m rig.roi_separability --zstack SESSION
-ZSTACK.npz`` checks a rule that needs a reference z-stack (``zstack_separability``).
+ROI was dropped before the comparison). What does separate them, a reference z-stack, is a
+pipeline stage (rois.zstack_range_um; rig/reference_zstack.py).
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ def labelled_session(folder: str | Path) -> LabelledSession:
                       f["rois/weights"][:])
         times = f["timestamps"][:]
         start = int(f.attrs["roi_start_frame"])
+        reference_end = int(f.attrs.get("reference_end_frame", start))
     height, width = mean_image.shape
     fov_x, fov_y = config["scanner"]["fov_um"]
     zoom = config["scanner"]["zoom"]
@@ -185,9 +186,9 @@ def labelled_session(folder: str | Path) -> LabelledSession:
     rate = float(summary["frame_rate_hz"])
     reference_frames = max(20, math.ceil(config["rois"]["reference_s"] * rate))
     world = World(WorldConfig.from_dict(config["world"]), seed=summary["seed"])
-    world.advance_to(times[start] + 1.0 / rate)
-    truth_t0 = times[max(0, start - reference_frames)]
-    offset = mean_displacement_um(world.ground_truth, truth_t0, times[start] + 1.0 / rate)
+    world.advance_to(times[reference_end] + 1.0 / rate)
+    truth_t0 = times[max(0, reference_end - reference_frames)]
+    offset = mean_displacement_um(world.ground_truth, truth_t0, times[reference_end] + 1.0 / rate)
     truth, _ = true_footprints(world.ground_truth, (height, width), pixel_um, offset)
     match = match_rois(rois, truth)
     in_focus = np.zeros(rois.n_rois, bool)
@@ -216,76 +217,6 @@ def session_separability(folder: str | Path) -> dict[str, Any]:
             _best_pair(excess, area, s.in_focus, s.n_in_focus_cells),
         ],
     }
-
-
-def axial_fraction(stack: np.ndarray, z_um: np.ndarray, labels: np.ndarray,
-                   diameter_px: float) -> np.ndarray:
-    """Per ROI (label image, -1 background): its brightness above the local background (median
-    of the non-ROI pixels within 1.5 diameters) in the plane z = 0 divided by its largest value
-    over the stack's planes. >= 0.5: the imaging plane lies within the soma's axial extent at
-    half maximum, the measured twin of "in focus" (peak weight >= 0.5). NaN for ROIs with
-    fewer than 5 pixels in the field or no plane at z = 0 +- half a step."""
-    n_rois = int(labels.max()) + 1
-    k0 = int(np.argmin(np.abs(z_um)))
-    height, width = labels.shape
-    radius = 1.5 * diameter_px
-    reach = int(math.ceil(radius))
-    out = np.full(n_rois, np.nan)
-    for i in range(n_rois):
-        ys, xs = np.nonzero(labels == i)
-        if ys.size < 5:
-            continue
-        cy, cx = ys.mean(), xs.mean()
-        y0, y1 = max(0, int(cy) - reach), min(height, int(cy) + reach + 1)
-        x0, x1 = max(0, int(cx) - reach), min(width, int(cx) + reach + 1)
-        gy, gx = np.mgrid[y0:y1, x0:x1]
-        ring = (labels[y0:y1, x0:x1] < 0) & ((gy - cy) ** 2 + (gx - cx) ** 2 <= radius**2)
-        profile = np.array([plane[ys, xs].mean() - np.median(plane[y0:y1, x0:x1][ring])
-                            for plane in stack])
-        if profile.max() > 0:
-            out[i] = profile[k0] / profile.max()
-    return out
-
-
-def zstack_separability(session: str | Path, zstack_npz: str | Path) -> dict[str, Any]:
-    """A feasibility check of telling in-focus ROIs by a reference z-stack of the same world
-    (``rig run etl_zstack`` with brain motion off, zstack.npz): each ROI of ``session`` is moved
-    into the still world by the session's true mean displacement (a shortcut only a simulation
-    has; a rig would register the stack), then scored by ``axial_fraction`` >= 0.5 alone and
-    together with relative excess >= 0.5 (the sim rigs' filter)."""
-    from analysis.rois import relative_excess
-
-    s = labelled_session(session)
-    with np.load(zstack_npz) as z:
-        stack, z_um = z["stack"].astype(np.float64), z["z_um"]
-    if stack.shape[1:] != s.rois.shape:
-        raise ValueError(f"the z-stack's planes are {stack.shape[1:]}, the ROIs {s.rois.shape}")
-    if np.min(np.abs(z_um)) > 0.5 * np.min(np.diff(z_um), initial=np.inf):
-        raise ValueError(
-            f"the z-stack has no plane at z = 0 (planes {z_um.min():g}..{z_um.max():g} um)"
-        )
-    dy = int(round(s.offset_um[1] / s.pixel_um[0]))
-    dx = int(round(s.offset_um[0] / s.pixel_um[1]))
-    labels = s.rois.label_image() - 1
-    still = np.full_like(labels, -1)
-    ys, xs = np.nonzero(labels >= 0)
-    ny, nx = ys - dy, xs - dx
-    inside = (ny >= 0) & (ny < labels.shape[0]) & (nx >= 0) & (nx < labels.shape[1])
-    still[ny[inside], nx[inside]] = labels[ys[inside], xs[inside]]
-    fraction = axial_fraction(stack, z_um, still, s.diameter_px)
-    excess = relative_excess(s.rois, s.mean_image, s.diameter_px)
-    rules = []
-    for name, keep in (("axial fraction >= 0.5", fraction >= 0.5),
-                       ("axial fraction >= 0.5 and relative excess >= 0.5",
-                        (fraction >= 0.5) & (excess >= 0.5))):
-        kept = int(keep.sum())
-        hits = int((keep & s.in_focus).sum())
-        rules.append(Separation(name, 0.5, hits / max(kept, 1), hits / s.n_in_focus_cells))
-    rules.append(best_threshold("axial fraction (best threshold)",
-                                np.nan_to_num(fraction, nan=-1.0), s.in_focus,
-                                s.n_in_focus_cells))
-    return {"rois": s.rois.n_rois, "in_focus_cells": s.n_in_focus_cells,
-            "planes": int(z_um.size), "rules": rules}
 
 
 def _best_pair(excess: np.ndarray, area: np.ndarray, positive: np.ndarray,
@@ -318,11 +249,6 @@ def main(argv: list[str]) -> None:
     pixel_um = fov_x / zoom / config["scanner.pixels_per_line"]
     _print("noise-free, default sim rig, seed %d" % config["sim.seed"],
            noise_free_separability(world, (fov_x / zoom, fov_y / zoom), pixel_um))
-    if argv[:1] == ["--zstack"]:
-        if len(argv) != 3:
-            raise SystemExit("usage: python -m rig.roi_separability --zstack SESSION ZSTACK.npz")
-        _print(f"z-stack rule, {argv[1]} with {argv[2]}", zstack_separability(argv[1], argv[2]))
-        return
     for folder in argv:
         _print(f"measured, {folder}", session_separability(folder))
 

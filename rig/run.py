@@ -76,6 +76,13 @@ def pipeline_settings(config: RigConfig, scanner: Any, speed: str = "max") -> Pi
         cell_diameter_um=config["rois.cell_diameter_um"],
         max_rois=config["rois.max_rois"],
         min_relative_excess=config["rois.min_relative_excess"],
+        zstack_range_um=config["rois.zstack_range_um"],
+        zstack_step_um=config["rois.zstack_step_um"],
+        zstack_frames_per_plane=config["rois.zstack_frames_per_plane"],
+        # frames that start before the focus settled; in realtime the frame in flight too
+        zstack_settle_frames=math.ceil(config["rois.zstack_settle_s"] * scanner.frame_rate_hz)
+        + (1 if speed == "realtime" else 0),
+        min_axial_fraction=config["rois.min_axial_fraction"],
         baseline_window_s=config["dff.baseline_window_s"],
         percentile=config["dff.percentile"],
         noise_window_s=config["noise.window_s"],
@@ -282,6 +289,7 @@ def run_experiment(
             publish=live.set_extra if live else None,
             # a replayed suite2p recording hands over traces instead of frames to extract
             trace_source=getattr(scanner, "trace_source", None),
+            focus=rig_obj.focus,
         )
     else:  # a pipeline per plane; the loop steps the focus a plane per frame
         pipeline = VolumePipeline(
@@ -476,6 +484,7 @@ def _finish(
             attrs={
                 "pixel_size_um": rig_obj.scanner.pixel_size_um,
                 "roi_start_frame": pipeline.roi_start_frame,
+                "reference_end_frame": getattr(pipeline, "reference_end_frame", None),
                 "dff_baseline_window_s": pipeline.settings.baseline_window_s,
                 "dff_percentile": pipeline.settings.percentile,
                 "seed": seed,

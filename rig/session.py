@@ -664,6 +664,7 @@ class SessionRecorder(StreamRecorderBase):
         self.frames_submitted = 0
         self.roi_start_row: int | None = None
         self._mean_image_saved = False
+        self._zstack_saved = False  # reference_zstack.npz, when the pipeline took one
         self._last_flush = time.monotonic()
         self._closed = False
 
@@ -736,6 +737,11 @@ class SessionRecorder(StreamRecorderBase):
             path = self.streams_dir / "mean_image.npy"
             self._writer.submit_call(lambda: _save_npy_atomic(path, image))
             self._mean_image_saved = True
+        zstack = getattr(self.pipeline, "zstack_result", None)
+        if zstack is not None and not self._zstack_saved:
+            path = self.folder / "reference_zstack.npz"
+            self._writer.submit_call(lambda: _save_npz_atomic(path, **zstack))
+            self._zstack_saved = True
 
     def _next_chunk(self) -> _Chunk:
         """A free chunk: one the writer returned, a new one while under the limit, or (the
@@ -766,7 +772,7 @@ class SessionRecorder(StreamRecorderBase):
         then commits it); returns without waiting for the disk."""
         self._raise_writer_error()
         self._last_flush = time.monotonic()
-        if not self._mean_image_saved and self.pipeline is not None:
+        if not (self._mean_image_saved and self._zstack_saved) and self.pipeline is not None:
             self._save_mean_image()
         chunk = self._chunk
         if chunk.count == 0 or self._closed:

@@ -90,6 +90,7 @@ def accuracy_block(
         shifts = f["motion/shift_px"][:] if "motion/shift_px" in f else None
         spikes = f["spikes"][:] if "spikes" in f else None
         start = f.attrs.get("roi_start_frame", None)
+        reference_end = f.attrs.get("reference_end_frame", None)
     return session_accuracy(
         world.ground_truth,
         rois=rois,
@@ -99,6 +100,7 @@ def accuracy_block(
         frame_rate_hz=frame_rate_hz,
         roi_start_frame=None if start is None else int(start),
         reference_frames=reference_frames,
+        reference_end_frame=None if reference_end is None else int(reference_end),
         shifts_px=shifts,
         spikes=spikes,
         spike_lag_frames=spike_lag_frames,

@@ -5,7 +5,14 @@ import pytest
 
 from analysis.dff import dff_offline
 from analysis.noise import noise_level
-from analysis.rois import RoiSet, detect_rois, extract, load_roi_file, relative_excess
+from analysis.rois import (
+    RoiSet,
+    axial_fraction,
+    detect_rois,
+    extract,
+    load_roi_file,
+    relative_excess,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -298,3 +305,26 @@ def test_detection_needs_a_reference_period_of_at_least_20_frames():
         detect_rois(np.zeros((30, 32, 32), dtype=np.float32), cell_diameter_px=0.5)
     with pytest.raises(ValueError, match=r"\(T, H, W\)"):
         detect_rois(np.zeros((32, 32), dtype=np.float32), cell_diameter_px=10.0)
+
+
+def test_axial_fraction_is_the_brightness_at_the_plane_over_the_brightest_plane():
+    """Three discs on a flat background in a z-stack: one brightest in the imaging plane, one
+    whose soma lies above it (at z = 0 it shows 30 % of its brightest plane), one not
+    brighter than its surround anywhere (not measurable: NaN). The field's edge may be NaN."""
+    z_um = np.arange(-4.0, 5.0, 1.0)
+    yy, xx = np.mgrid[0:64, 0:64]
+    masks = np.stack([(yy - cy) ** 2 + (xx - cx) ** 2 <= 25 for cy, cx in ((20, 20), (44, 44),
+                                                                          (20, 44))])
+    rois = RoiSet.from_masks(masks)
+    stack = np.full((z_um.size, 64, 64), 10.0)
+    stack[:, masks[0]] += 5.0 * np.exp(-0.5 * (z_um / 2.0) ** 2)[:, None]
+    stack[:, masks[1]] += 8.0 * (0.3 + 0.7 * (z_um == 3.0))[:, None]
+    stack[:, masks[2]] -= 1.0
+    stack[:, :, :2] = np.nan  # no data at the edge after alignment
+    fraction = axial_fraction(stack, z_um, rois, cell_diameter_px=10.0)
+    np.testing.assert_allclose(fraction[:2], [1.0, 0.3])
+    assert np.isnan(fraction[2])
+    with pytest.raises(ValueError, match="z = 0 once"):
+        axial_fraction(stack, z_um + 0.5, rois, 10.0)
+    with pytest.raises(ValueError, match="planes, H, W"):
+        axial_fraction(stack[:, :32], z_um, rois, 10.0)

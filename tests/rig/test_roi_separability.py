@@ -36,21 +36,3 @@ def test_noise_free_brightness_cannot_tell_in_focus_cells_but_their_size_can():
     assert min(brightness.precision, brightness.recall) < 0.95
     assert area.precision >= 0.95 and area.recall >= 0.9
 
-
-def test_axial_fraction_is_the_brightness_at_the_plane_over_the_brightest_plane():
-    """Two discs on a flat background: one brightest in the imaging plane (z = 0), one whose
-    soma lies above it (at z = 0 it shows 30 % of its brightest plane)."""
-    from rig.roi_separability import axial_fraction
-
-    z_um = np.arange(-4.0, 5.0, 1.0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    labels = np.full((64, 64), -1)
-    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 25] = 0
-    labels[(yy - 44) ** 2 + (xx - 44) ** 2 <= 25] = 1
-    in_plane = np.exp(-0.5 * (z_um / 2.0) ** 2)
-    above = 0.3 + 0.7 * (z_um == 3.0)
-    stack = np.full((z_um.size, 64, 64), 10.0)
-    stack[:, labels == 0] += 5.0 * in_plane[:, None]
-    stack[:, labels == 1] += 8.0 * above[:, None]
-    fraction = axial_fraction(stack, z_um, labels, diameter_px=10.0)
-    np.testing.assert_allclose(fraction, [1.0, 0.3])
