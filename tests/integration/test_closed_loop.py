@@ -142,3 +142,23 @@ def test_same_seed_same_data_at_max_speed(tmp_path):
         h5py.File(c.session_dir / "session.h5") as fc,
     ):
         assert fa["dff"].shape != fc["dff"].shape or not np.array_equal(fa["dff"][:], fc["dff"][:])
+
+
+def test_a_reference_z_stack_gives_the_same_data_for_the_same_seed(tmp_path):
+    zstack = ['focus.kind="optotune"', "rois.zstack_range_um=2", "rois.zstack_frames_per_plane=3",
+              "protocol.interval_s=3"]
+    a, b = (run(tmp_path, name, protocol="open_loop_train", duration=25.0, seed=5,
+                write_report=False, overrides=zstack) for name in "ab")
+    assert a.summary["status"] == b.summary["status"] == "completed"
+    with np.load(a.session_dir / "reference_zstack.npz") as za, np.load(
+        b.session_dir / "reference_zstack.npz"
+    ) as zb:
+        np.testing.assert_array_equal(za["z_um"], [-2.0, -1.0, 0.0, 1.0, 2.0])
+        np.testing.assert_array_equal(za["stack"], zb["stack"])
+        np.testing.assert_array_equal(za["kept"], zb["kept"])
+    with (
+        h5py.File(a.session_dir / "session.h5") as fa,
+        h5py.File(b.session_dir / "session.h5") as fb,
+    ):
+        assert fa.attrs["roi_start_frame"] > fa.attrs["reference_end_frame"]
+        np.testing.assert_array_equal(fa["dff"][:], fb["dff"][:])
