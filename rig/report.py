@@ -918,7 +918,7 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
     def trio(key: str, names: tuple[str, ...]) -> str:
         return " / ".join(_format_value(_get(summary, key, name)) for name in names)
 
-    return [
+    rows = [
         ("Frames", summary.get("frames")),
         ("Frames dropped", summary.get("frames_dropped")),
         ("Frame rate (Hz)", summary.get("frame_rate_hz")),
@@ -941,6 +941,19 @@ def _summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
         ("Rig", summary.get("rig")),
         ("Speed", summary.get("speed")),
     ]
+    zstack = summary.get("reference_zstack")
+    if isinstance(zstack, dict):
+        kept = f"{_format_value(zstack.get('kept'))} of {_format_value(zstack.get('detected'))}"
+        rows.insert(6, ("ROIs in focus by the reference z-stack", kept))
+    accuracy = summary.get("accuracy")
+    if isinstance(accuracy, dict) and "roi_recall" in accuracy:
+        rows.append(
+            (
+                "Against ground truth: ROI recall / precision, motion RMS (px), spike corr",
+                trio("accuracy", ("roi_recall", "roi_precision", "motion_rms_px", "spike_corr")),
+            )
+        )
+    return rows
 
 
 def _table(rows: list[tuple[str, Any]], header: tuple[str, str] | None = None) -> str:

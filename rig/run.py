@@ -558,6 +558,15 @@ def _finish(
         "config": config.to_dict(),
         "devices": snapshots,
     }
+    zstack = getattr(pipeline, "zstack_result", None)
+    if zstack is not None:
+        summary["reference_zstack"] = {
+            "planes_um": zstack["z_um"].tolist(),
+            "frames_per_plane": zstack["frames"].tolist(),
+            "detected": int(zstack["kept"].size),
+            "kept": int(zstack["kept"].sum()),
+            "not_measurable": int(np.isnan(zstack["axial_fraction"]).sum()),
+        }
     if loop.line_phase is not None:
         summary["line_phase"] = loop.line_phase.summary()
     focus_faults = getattr(loop, "focus_faults", None)

@@ -87,5 +87,7 @@ def test_with_a_reference_z_stack_the_rois_are_the_in_focus_cells(tmp_path):
     events = [json.loads(line) for line in (tmp_path / "s" / "events.jsonl").open()]
     checked = [e for e in events if e.get("event") == "ROIs checked"]
     assert len(checked) == 1 and checked[0]["kept"] == summary["n_rois"]
+    assert summary["reference_zstack"]["kept"] == summary["n_rois"]
+    assert summary["reference_zstack"]["detected"] == checked[0]["detected"]
     # the traces start after the stack, back in the imaging plane
     assert summary["roi_start_frame"] == checked[0]["frame"]

@@ -426,3 +426,23 @@ def test_the_run_summary_points_at_the_report_only_when_one_was_written(tmp_path
     assert f"rig report {tmp_path}" in _summary_text(tmp_path, summary)
     (tmp_path / "report.html").write_text("<html></html>")
     assert f"{tmp_path}/report.html" in _summary_text(tmp_path, summary)
+
+
+def test_the_report_lists_the_z_stack_check_and_the_accuracy_when_the_session_has_them():
+    from rig.report import _summary_rows
+
+    plain = dict(_summary_rows({"n_rois": 5}))
+    assert not any("z-stack" in label or "ground truth" in label for label in plain)
+    rows = dict(
+        _summary_rows(
+            {
+                "n_rois": 285,
+                "reference_zstack": {"kept": 285, "detected": 320},
+                "accuracy": {"roi_recall": 0.908, "roi_precision": 0.937,
+                             "motion_rms_px": 0.06, "spike_corr": None},
+            }
+        )
+    )
+    assert rows["ROIs in focus by the reference z-stack"] == "285 of 320"
+    accuracy = rows["Against ground truth: ROI recall / precision, motion RMS (px), spike corr"]
+    assert "0.908" in accuracy and "0.937" in accuracy
