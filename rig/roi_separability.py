@@ -151,7 +151,6 @@ class LabelledSession:
     mean_image: np.ndarray
     in_focus: np.ndarray  # bool per ROI: matched to an in-focus cell
     n_in_focus_cells: int
-    offset_um: tuple[float, float]  # mean brain displacement (x, y) over the reference period
     pixel_um: tuple[float, float]  # (y, x)
     diameter_px: float
 
@@ -194,8 +193,7 @@ def labelled_session(folder: str | Path) -> LabelledSession:
     in_focus = np.zeros(rois.n_rois, bool)
     in_focus[match.pairs[:, 0]] = True
     diameter_px = config["rois"]["cell_diameter_um"] / math.sqrt(pixel_um[0] * pixel_um[1])
-    return LabelledSession(rois, mean_image, in_focus, truth.n_rois, offset, pixel_um,
-                           diameter_px)
+    return LabelledSession(rois, mean_image, in_focus, truth.n_rois, pixel_um, diameter_px)
 
 
 def session_separability(folder: str | Path) -> dict[str, Any]:
