@@ -136,12 +136,14 @@ class Pipeline:
         publish: Callable[[str, Any], None] | None = None,
         trace_source: Any = None,
         focus: Any = None,
+        focus_faults: Any = None,
     ) -> None:
         settings.check()
         self.settings = settings
         self.post_event = post_event
         self.publish = publish
         self.focus = focus  # steps the reference z-stack (settings.zstack_range_um > 0)
+        self.focus_faults = focus_faults  # rig.focus.FocusFaults: focus.on_fault
         # traces recorded elsewhere (suite2p replay: simulators.replay.TraceSource): the ROIs
         # are given (`rois`, `mean_image`, `how`) and `read(frame_index, out)` fills each
         # frame's fluorescence in place of the extract stage
@@ -203,6 +205,7 @@ class Pipeline:
                 max_shift_px=s.motion_max_shift_um / min(s.pixel_size_um) if s.motion else None,
                 registration_px=s.motion_registration_px,
                 post_event=self.post_event,
+                faults=self.focus_faults,
             )
 
     @property
@@ -225,13 +228,7 @@ class Pipeline:
             ring.n_rois[slot] = 0
             ring.motion_status[slot] = self._zstack.take(frame, frame_index, shift)
             if self._zstack.done:
-                detected, stack = self._pending_rois, self._zstack.stack()
-                self._in_background(
-                    "checking the ROIs against the reference z-stack",
-                    lambda: self._check_against_zstack(detected, stack),
-                    self._install_checked,
-                    frame_index,
-                )
+                self._zstack_finished(frame_index)
             times[0] = (time.perf_counter() - t0) * 1e3
             return
         if self.motion_corrector is not None:
@@ -405,8 +402,31 @@ class Pipeline:
         if result.rois is not None and self._zstack is not None:
             self._pending_rois = result.rois
             self._zstack.start(result.mean_image, frame_index)
+            if self._zstack.done:  # the first focus command failed
+                self._zstack_finished(frame_index)
         elif result.rois is not None:
             self._install_rois(result.rois, frame_index, how="detected on the reference period")
+
+    def _zstack_finished(self, frame_index: int) -> None:
+        """Check the detected ROIs against the completed stack (on a worker thread in
+        realtime); after a focus fault that let the session go on, keep them all."""
+        assert self._zstack is not None and self._pending_rois is not None
+        if self._zstack.failed is not None:
+            detected, self._pending_rois = self._pending_rois, None
+            self._install_rois(
+                detected,
+                frame_index,
+                how="detected on the reference period; all kept, the reference z-stack "
+                f"stopped early ({self._zstack.failed})",
+            )
+            return
+        detected, stack = self._pending_rois, self._zstack.stack()
+        self._in_background(
+            "checking the ROIs against the reference z-stack",
+            lambda: self._check_against_zstack(detected, stack),
+            self._install_checked,
+            frame_index,
+        )
 
     def _check_against_zstack(
         self, detected: RoiSet, stack: np.ndarray

@@ -42,8 +42,10 @@ class ReferenceZStack:
         max_shift_px: float | None,
         registration_px: int,
         post_event: Callable[[dict[str, Any]], None],
+        faults: Any = None,
     ) -> None:
-        """max_shift_px None: no registration (motion correction off)."""
+        """max_shift_px None: no registration (motion correction off). faults: the session's
+        rig.focus.FocusFaults (focus.on_fault); None: a focus error propagates."""
         if focus is None:
             raise ValueError("a reference z-stack needs a focus device (focus.kind)")
         n_side = int(math.floor(half_range_um / step_um + 1e-9))
@@ -67,6 +69,8 @@ class ReferenceZStack:
         self.max_shift_px = max_shift_px
         self.registration_px = int(registration_px)
         self.post_event = post_event
+        self.faults = faults
+        self.failed: str | None = None  # why the stack stopped early (a focus fault)
         n_planes = self.z_um.size
         h, w = frame_shape
         self.frame_shape = (h, w)
@@ -168,17 +172,47 @@ class ReferenceZStack:
             )
         self.post_event(event)
 
+    def _move(self, z_um: float, frame_index: int) -> bool:
+        """Command the focus; False (and the stack ends) after a focus fault that
+        focus.on_fault = "record" lets the session survive."""
+        if self.faults is not None and self.faults.faulted.is_set():
+            self._stop_early("the focus device faulted earlier", frame_index)
+            return False
+        try:
+            self.focus.move_to_um(z_um)
+        except Exception as exc:  # noqa: BLE001 - handled by focus.on_fault
+            if self.faults is None:
+                raise
+            self.faults.handle(exc, f"reference z-stack: moving the focus to {z_um:g} um")
+            self._stop_early(f"{type(exc).__name__}: {exc}", frame_index)
+            return False
+        return True
+
+    def _stop_early(self, why: str, frame_index: int) -> None:
+        self.failed = why
+        self.done = True
+        self.post_event(
+            {
+                "type": "zstack",
+                "event": "stopped",
+                "frame": frame_index,
+                "reason": why,
+                "warning": "the focus may not be back at the imaging plane; all detected ROIs "
+                "are kept",
+            }
+        )
+
     def _next_plane(self, frame_index: int) -> None:
         self._position += 1
         self._seen = 0
         self._skip = self.settle_frames
+        self._corrector = None
         if self._position >= len(self.order):
-            self.focus.move_to_um(0.0)
-            self._corrector = None
+            self._move(0.0, frame_index)
             return
         plane = self.order[self._position]
-        self.focus.move_to_um(float(self.z_um[plane]))
-        self._corrector = None
+        if not self._move(float(self.z_um[plane]), frame_index):
+            return
         if self.max_shift_px is not None:
             image = self._registration_image(plane)
             self._corrector = motion_numerics.MotionCorrector(

@@ -290,6 +290,7 @@ def run_experiment(
             # a replayed suite2p recording hands over traces instead of frames to extract
             trace_source=getattr(scanner, "trace_source", None),
             focus=rig_obj.focus,
+            focus_faults=focus_faults,
         )
     else:  # a pipeline per plane; the loop steps the focus a plane per frame
         pipeline = VolumePipeline(

@@ -162,3 +162,27 @@ def test_a_reference_z_stack_gives_the_same_data_for_the_same_seed(tmp_path):
     ):
         assert fa.attrs["roi_start_frame"] > fa.attrs["reference_end_frame"]
         np.testing.assert_array_equal(fa["dff"][:], fb["dff"][:])
+
+
+def test_a_lens_that_stops_answering_before_the_z_stack_keeps_the_session_and_its_rois(
+    tmp_path,
+):
+    """focus.on_fault = "record" (default): the lens falls silent (its readings time out)
+    during the reference period; the fault is recorded, the z-stack is not taken (a plane
+    command to a silent lens cannot be trusted), every detected ROI is kept and the traces
+    run."""
+    faulty = ['focus.kind="optotune"', "rois.zstack_range_um=4",
+              "rois.zstack_frames_per_plane=3", 'focus.port="optotune_sim://?stop_after=10"',
+              "focus.timeout_s=0.05", "protocol.interval_s=3"]
+    result = run(tmp_path, "record", protocol="open_loop_train", duration=25.0, seed=5,
+                 write_report=False, overrides=faulty)
+    s = result.summary
+    assert s["status"] == "completed" and s["focus"]["fault"] is not None
+    events = [json.loads(x) for x in (result.session_dir / "events.jsonl").read_text().splitlines()]
+    stopped = [e for e in events if e.get("event") == "stopped"]
+    assert len(stopped) == 1 and stopped[0]["type"] == "zstack"
+    assert not any(e.get("event") == "plane done" for e in events)
+    rois = [e for e in events if e["type"] == "rois"]
+    assert len(rois) == 1 and "all kept" in rois[0]["how"] and s["n_rois"] > 0
+    assert "reference_zstack" not in s
+    assert not (result.session_dir / "reference_zstack.npz").exists()

@@ -118,3 +118,40 @@ def test_a_z_stack_the_rig_cannot_take_is_refused_naming_the_fix():
                     "rois.zstack_step_um": 20.0})
     with pytest.raises(ConfigError, match="leaves the focus range"):
         settings(**{"focus.kind": "optotune", "rois.zstack_range_um": 199.0})
+
+
+class FailingFocus(RecordingFocus):
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.fail_at = fail_at
+
+    def move_to_um(self, z_um: float) -> None:
+        if len(self.moves) == self.fail_at:
+            raise TimeoutError("lens did not answer")
+        super().move_to_um(z_um)
+
+
+def test_a_focus_fault_stops_the_stack_as_focus_on_fault_says():
+    from rig.focus import FocusFaults
+
+    image = _blobs(np.random.default_rng(4))
+    with pytest.raises(TimeoutError):  # no policy: the error reaches the loop (abort, safe)
+        zs = _stack(FailingFocus(fail_at=1), [], max_shift_px=None)
+        zs.start(image, 0)
+        while zs.active:
+            zs.take(image, 1, np.zeros(2))
+
+    events, aborted = [], []
+    faults = FocusFaults("record", events.append, lambda exc, where: aborted.append(where))
+    focus = FailingFocus(fail_at=2)
+    zstack = _stack(focus, events, max_shift_px=None, faults=faults)
+    zstack.start(image, frame_index=0)
+    frame = 0
+    while zstack.active:
+        frame += 1
+        zstack.take(image, frame, np.zeros(2))
+    assert focus.moves == [0.0, -1.0] and zstack.done and "TimeoutError" in zstack.failed
+    assert not aborted and faults.faulted.is_set()
+    assert [e["event"] for e in events if e["type"] == "focus"] == ["fault"]
+    stopped = [e for e in events if e.get("event") == "stopped"]
+    assert len(stopped) == 1 and "all detected ROIs are kept" in stopped[0]["warning"]
