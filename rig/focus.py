@@ -167,7 +167,7 @@ def _check_reference_zstack(config: RigConfig, settings: FocusSettings) -> None:
     if config["rois.source"] != "detect":
         raise ConfigError(
             f"{where}: the z-stack checks detected ROIs, but rois.source = "
-            f"{config['rois.source']!r}; set rois.source = \"detect\" or rois.zstack_range_um = 0"
+            f'{config["rois.source"]!r}; set rois.source = "detect" or rois.zstack_range_um = 0'
         )
     if config["rois.zstack_step_um"] > half_range:
         raise ConfigError(
@@ -313,6 +313,22 @@ class FocusFaults:
         )
         if self.on_fault == "abort":
             self.abort(exc, f"focus ({where})")
+
+
+def move_focus(focus: Any, z_um: float, faults: FocusFaults | None, where: str) -> bool:
+    """Command the focus under focus.on_fault. False when the device has faulted, now (the
+    fault is handed to ``faults``) or earlier, and the policy lets the session go on;
+    without a policy (``faults`` None) the error propagates."""
+    if faults is not None and faults.faulted.is_set():
+        return False
+    try:
+        focus.move_to_um(z_um)
+    except Exception as exc:  # noqa: BLE001 - handled by focus.on_fault
+        if faults is None:
+            raise
+        faults.handle(exc, where)
+        return False
+    return True
 
 
 class FocusMonitor:

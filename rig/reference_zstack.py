@@ -25,6 +25,7 @@ from typing import Any, Callable
 import numpy as np
 
 from analysis import motion as motion_numerics
+from rig.focus import move_focus
 
 MAX_FRAMES_FACTOR = 3  # a plane is closed after this many times its planned frames
 
@@ -175,18 +176,12 @@ class ReferenceZStack:
     def _move(self, z_um: float, frame_index: int) -> bool:
         """Command the focus; False (and the stack ends) after a focus fault that
         focus.on_fault = "record" lets the session survive."""
-        if self.faults is not None and self.faults.faulted.is_set():
-            self._stop_early("the focus device faulted earlier", frame_index)
-            return False
-        try:
-            self.focus.move_to_um(z_um)
-        except Exception as exc:  # noqa: BLE001 - handled by focus.on_fault
-            if self.faults is None:
-                raise
-            self.faults.handle(exc, f"reference z-stack: moving the focus to {z_um:g} um")
-            self._stop_early(f"{type(exc).__name__}: {exc}", frame_index)
-            return False
-        return True
+        if move_focus(self.focus, z_um, self.faults, f"reference z-stack: moving the focus to "
+                      f"{z_um:g} um"):
+            return True
+        error = self.faults.error if self.faults is not None else None
+        self._stop_early(error or "the focus device faulted", frame_index)
+        return False
 
     def _stop_early(self, why: str, frame_index: int) -> None:
         self.failed = why

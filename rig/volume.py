@@ -42,6 +42,7 @@ import numpy as np
 
 from analysis.rois import RoiSet
 from rig.config import ConfigError, RigConfig
+from rig.focus import move_focus
 from rig.pipeline import STAGES, Pipeline, PipelineSettings
 from rig.ring import FrameRing
 
@@ -254,15 +255,10 @@ class VolumePipeline:
         i = self._next_index
         s = self.schedule
         plane = s.plane_of(i)
-        faulted = self.faults is not None and self.faults.faulted.is_set()
-        if s.step_due(i) and not faulted and plane != self._commanded_plane:
+        if s.step_due(i) and plane != self._commanded_plane:
             z = s.planes_um[plane]
-            try:
-                self.focus.move_to_um(z)
-            except Exception as exc:  # noqa: BLE001 - handled by focus.on_fault
-                if self.faults is None:
-                    raise
-                self.faults.handle(exc, f"moving the focus to plane {plane} ({z:g} um)")
+            where = f"moving the focus to plane {plane} ({z:g} um)"
+            if not move_focus(self.focus, z, self.faults, where):
                 return -1, False
             self._commanded_plane = plane
             event = {"type": "focus", "event": "plane", "frame": i, "plane": plane, "z_um": z}
